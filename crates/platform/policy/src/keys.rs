@@ -1,0 +1,29 @@
+//! Every policy key the platform reads. Defaults are seeded by this crate's migrations.
+
+use crate::PolicyKey;
+
+pub const OUTBOX_RELAY_BATCH_SIZE: PolicyKey<i64> = PolicyKey::new("outbox.relay.batch_size");
+pub const OUTBOX_RELAY_INTERVAL_MS: PolicyKey<i64> = PolicyKey::new("outbox.relay.interval_ms");
+pub const OUTBOX_RELAY_JITTER_MS: PolicyKey<i64> = PolicyKey::new("outbox.relay.jitter_ms");
+pub const OUTBOX_RELAY_LEASE_SECONDS: PolicyKey<i64> = PolicyKey::new("outbox.relay.lease_seconds");
+pub const OUTBOX_MAX_ATTEMPTS: PolicyKey<i64> = PolicyKey::new("outbox.max_attempts");
+pub const OUTBOX_RETRY_BASE_MS: PolicyKey<i64> = PolicyKey::new("outbox.retry.base_ms");
+pub const OUTBOX_RETRY_MAX_MS: PolicyKey<i64> = PolicyKey::new("outbox.retry.max_ms");
+pub const IDEMPOTENCY_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("idempotency.ttl_seconds");
+pub const IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS: PolicyKey<i64> =
+    PolicyKey::new("idempotency.in_flight_timeout_seconds");
+pub const HTTP_MAX_BODY_BYTES: PolicyKey<i64> = PolicyKey::new("http.max_body_bytes");
+
+/// All keys, so a test can prove each one is seeded and parses.
+pub const ALL_I64: &[PolicyKey<i64>] = &[
+    OUTBOX_RELAY_BATCH_SIZE,
+    OUTBOX_RELAY_INTERVAL_MS,
+    OUTBOX_RELAY_JITTER_MS,
+    OUTBOX_RELAY_LEASE_SECONDS,
+    OUTBOX_MAX_ATTEMPTS,
+    OUTBOX_RETRY_BASE_MS,
+    OUTBOX_RETRY_MAX_MS,
+    IDEMPOTENCY_TTL_SECONDS,
+    IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS,
+    HTTP_MAX_BODY_BYTES,
+];

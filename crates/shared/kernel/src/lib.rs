@@ -1,0 +1,13 @@
+//! Technical primitives every other crate speaks: identifiers, timestamps and the
+//! error envelope with its stable code catalog.
+//!
+//! This crate owns no tables and no business policy. It must never depend on another
+//! gpuaas crate, on a database, or on an HTTP framework: the node agent links it too.
+
+pub mod error;
+pub mod id;
+pub mod time;
+
+pub use error::{ErrCode, ErrorBody, ErrorResponse};
+pub use id::new_id;
+pub use time::Timestamp;

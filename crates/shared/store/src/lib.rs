@@ -1,0 +1,183 @@
+//! One database handle over SQLite (embedded default) and PostgreSQL (production),
+//! the migration runner, and transaction helpers.
+//!
+//! Every domain crate reaches the database through [`Store`] and writes SQL that both
+//! engines accept (`$1` placeholders, `BIGINT` integers and microsecond timestamps,
+//! `TEXT` ids and JSON); where the engines must differ, [`Dialect`] says so. This crate
+//! owns only `schema_migrations`; it must never hold business rules or another
+//! domain's tables.
+
+mod migrate;
+
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+pub use migrate::{Migration, SchemaStatus};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// A transaction on either engine.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A connection on either engine, e.g. `&mut *tx` inside a transaction.
+pub type Connection = sqlx::AnyConnection;
+pub type Row = sqlx::any::AnyRow;
+pub use sqlx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// Row-locking suffix for a claim query: PostgreSQL skips rows another worker holds;
+    /// SQLite needs none because its write transactions are already serialized.
+    pub const fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL must start with sqlite:, postgres:// or postgresql://")]
+    UnsupportedUrl,
+    #[error("cannot connect to the {dialect} database: {source}")]
+    Connect {
+        dialect: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database schema is newer than this binary (unknown migrations {unknown:?}); upgrade gpuaas before starting it"
+    )]
+    SchemaNewer { unknown: Vec<i64> },
+    #[error("the database schema is behind ({pending} pending migrations); run `gpuaas migrate`")]
+    SchemaBehind { pending: usize },
+    #[error("migration {version} ({name}) was changed after it was applied; never edit an applied migration")]
+    MigrationChanged { version: i64, name: String },
+    #[error("migration {version} ({name}) failed: {source}")]
+    MigrationFailed {
+        version: i64,
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when the failure is a unique-constraint violation (a duplicate insert), which
+    /// callers usually turn into an idempotent no-op or a 409.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Database(error) => is_unique_violation(error),
+            _ => false,
+        }
+    }
+}
+
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The shared database handle; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+impl Store {
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let dialect = Dialect::from_url(url)?;
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Connect { dialect: dialect.name(), source })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the one writer; the long busy
+                        // timeout makes writers queue instead of failing under load.
+                        connection
+                            .execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect { dialect: dialect.name(), source })?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails half-way with
+    /// `SQLITE_BUSY` when another writer commits first.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
