@@ -80,8 +80,7 @@ impl PolicyClient {
 
     pub async fn get<T: DeserializeOwned>(&self, key: PolicyKey<T>) -> Result<T, PolicyError> {
         let raw = self.raw(key.name).await?;
-        serde_json::from_value(raw)
-            .map_err(|error| PolicyError::Invalid { key: key.name, reason: error.to_string() })
+        serde_json::from_value(raw).map_err(|error| PolicyError::Invalid { key: key.name, reason: error.to_string() })
     }
 
     /// A whole-seconds policy value as a duration; negative values are refused.

@@ -52,9 +52,7 @@ impl Delivery {
     pub async fn ack(self) -> Result<(), BusError> {
         match self.acker {
             Acker::Embedded { store, consumer, seq } => crate::embedded::commit_offset(&store, &consumer, seq).await,
-            Acker::Nats(message) => {
-                message.ack().await.map_err(|error| BusError::Unavailable(error.to_string()))
-            }
+            Acker::Nats(message) => message.ack().await.map_err(|error| BusError::Unavailable(error.to_string())),
         }
     }
 }

@@ -25,9 +25,7 @@ pub const STREAMS: &[StreamSpec] = &[
 
 /// The stream that captures `subject` (or, for a filter, every subject it matches).
 pub fn stream_for(subject: &str) -> Option<&'static StreamSpec> {
-    STREAMS
-        .iter()
-        .find(|stream| stream.subjects.iter().any(|pattern| pattern_covers(pattern, subject)))
+    STREAMS.iter().find(|stream| stream.subjects.iter().any(|pattern| pattern_covers(pattern, subject)))
 }
 
 /// The subject a dead-lettered copy of `subject` is published on.

@@ -11,9 +11,9 @@ use gpuaas_store::Store;
 use gpuaas_store::sqlx::{self, Row};
 use tokio::sync::Notify;
 
+use crate::EventEnvelope;
 use crate::bus::{Acker, BusError, ConsumerSpec, Delivery, EventBus};
 use crate::catalog::{subject_matches, validate_subject};
-use crate::EventEnvelope;
 
 /// How often a waiting consumer looks for events appended by another process.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);

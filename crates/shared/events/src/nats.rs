@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
+use crate::EventEnvelope;
 use crate::bus::{Acker, BusError, ConsumerSpec, Delivery, EventBus};
 use crate::catalog::{STREAMS, stream_for, validate_subject};
-use crate::EventEnvelope;
 
 /// JetStream drops a second publish with the same message id inside this window, which
 /// covers a relay that crashed between publishing and marking the row published.

@@ -4,8 +4,8 @@ use std::time::Duration;
 use gpuaas_events::catalog::dead_letter_subject;
 use gpuaas_events::{EventBus, EventEnvelope};
 use gpuaas_kernel::{Timestamp, new_id};
-use gpuaas_store::sqlx::{self, Row};
 use gpuaas_store::Store;
+use gpuaas_store::sqlx::{self, Row};
 use rand::Rng;
 
 use crate::OutboxError;
@@ -172,19 +172,15 @@ impl Relay {
             if updated.rows_affected() == 1 {
                 let original: serde_json::Value =
                     serde_json::from_str(&row.envelope).unwrap_or(serde_json::Value::String(row.envelope.clone()));
-                let correlation_id = original
-                    .get("correlation_id")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
+                let correlation_id =
+                    original.get("correlation_id").and_then(|c| c.as_str()).unwrap_or_default().to_owned();
                 let dead_letter = EventEnvelope::new(
                     dead_letter_subject(&row.subject),
                     1,
                     correlation_id,
                     serde_json::json!({"event": original, "reason": error, "attempts": attempts}),
                 );
-                let dead_letter_text =
-                    dead_letter.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?;
+                let dead_letter_text = dead_letter.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?;
                 sqlx::query(
                     "INSERT INTO outbox_dead_letters \
                      (event_id, subject, dead_letter_envelope, reason, attempts, failed_at) \

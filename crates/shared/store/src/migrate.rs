@@ -61,10 +61,7 @@ impl Store {
         let known = index(migrations)?;
         let mut connection = self.pool().acquire().await?;
         if self.dialect() == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(MIGRATION_LOCK_KEY)
-                .execute(&mut *connection)
-                .await?;
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *connection).await?;
         }
         let outcome = async {
             sqlx::query(CREATE_TABLE).execute(&mut *connection).await?;
@@ -79,14 +76,9 @@ impl Store {
                     Dialect::Sqlite => (*connection).begin_with("BEGIN IMMEDIATE").await?,
                     Dialect::Postgres => connection.begin().await?,
                 };
-                sqlx::raw_sql(migration.sql(self.dialect()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|source| StoreError::MigrationFailed {
-                        version: *version,
-                        name: migration.name.to_owned(),
-                        source,
-                    })?;
+                sqlx::raw_sql(migration.sql(self.dialect())).execute(&mut *tx).await.map_err(|source| {
+                    StoreError::MigrationFailed { version: *version, name: migration.name.to_owned(), source }
+                })?;
                 sqlx::query(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) \
                      VALUES ($1, $2, $3, $4)",
@@ -106,10 +98,8 @@ impl Store {
         .await;
         if self.dialect() == Dialect::Postgres {
             // Unlock even when a migration failed; a broken connection drops the lock anyway.
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(MIGRATION_LOCK_KEY)
-                .execute(&mut *connection)
-                .await;
+            let _ =
+                sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *connection).await;
         }
         outcome
     }
@@ -118,9 +108,9 @@ impl Store {
         let known = index(migrations)?;
         let mut connection = self.pool().acquire().await?;
         let exists = match self.dialect() {
-            Dialect::Sqlite => sqlx::query(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
-            ),
+            Dialect::Sqlite => {
+                sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+            }
             Dialect::Postgres => sqlx::query("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'"),
         }
         .fetch_optional(&mut *connection)

@@ -90,11 +90,7 @@ impl TestDatabase {
             .tempdir()
             .unwrap_or_else(|e| panic!("testkit: cannot create a temp dir for SQLite: {e}"));
         let path = dir.path().join("test.db");
-        TestDatabase {
-            url: format!("sqlite://{}?mode=rwc", path.display()),
-            backend: Backend::Sqlite,
-            _dir: Some(dir),
-        }
+        TestDatabase { url: format!("sqlite://{}?mode=rwc", path.display()), backend: Backend::Sqlite, _dir: Some(dir) }
     }
 
     async fn create_postgres() -> TestDatabase {
@@ -109,20 +105,16 @@ impl TestDatabase {
         };
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
 
-        let mut conn = tokio::time::timeout(
-            POSTGRES_CONNECT_TIMEOUT,
-            sqlx::postgres::PgConnection::connect(&admin_url),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "testkit: timed out after {POSTGRES_CONNECT_TIMEOUT:?} connecting to \
+        let mut conn =
+            tokio::time::timeout(POSTGRES_CONNECT_TIMEOUT, sqlx::postgres::PgConnection::connect(&admin_url))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "testkit: timed out after {POSTGRES_CONNECT_TIMEOUT:?} connecting to \
                  {POSTGRES_URL_ENV}={admin_url}"
-            )
-        })
-        .unwrap_or_else(|e| {
-            panic!("testkit: cannot connect to {POSTGRES_URL_ENV}={admin_url}: {e}")
-        });
+                    )
+                })
+                .unwrap_or_else(|e| panic!("testkit: cannot connect to {POSTGRES_URL_ENV}={admin_url}: {e}"));
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
             .execute(&mut conn)
             .await
@@ -130,11 +122,7 @@ impl TestDatabase {
         // The database exists now; failing to say goodbye politely is harmless.
         let _ = conn.close().await;
 
-        TestDatabase {
-            url: with_database(&admin_url, &name),
-            backend: Backend::Postgres,
-            _dir: None,
-        }
+        TestDatabase { url: with_database(&admin_url, &name), backend: Backend::Postgres, _dir: None }
     }
 }
 
@@ -145,9 +133,7 @@ fn with_database(url: &str, database: &str) -> String {
         None => (url, None),
     };
     let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
+    let authority_end = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
     let mut out = format!("{}/{database}", &base[..authority_end]);
     if let Some(query) = query {
         out.push('?');
@@ -163,10 +149,7 @@ fn with_database(url: &str, database: &str) -> String {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .unwrap_or_else(|e| panic!("testkit: cannot bind 127.0.0.1:0 to find a free port: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("testkit: cannot read the address of a bound socket: {e}"))
-        .port()
+    listener.local_addr().unwrap_or_else(|e| panic!("testkit: cannot read the address of a bound socket: {e}")).port()
 }
 
 /// A real `nats-server` with JetStream, listening on a free loopback port.
@@ -203,12 +186,7 @@ impl NatsServer {
             let port = free_port();
             match spawn_nats(&bin, port, dir.path()).await {
                 Ok(child) => {
-                    return NatsServer {
-                        bin,
-                        port,
-                        child: Some(child),
-                        dir,
-                    };
+                    return NatsServer { bin, port, child: Some(child), dir };
                 }
                 Err(SpawnError::Exited(message)) => last_error = message,
                 Err(SpawnError::Fatal(message)) => panic!("testkit: {message}"),
@@ -257,10 +235,7 @@ impl NatsServer {
                 .stderr(Stdio::null())
                 .status()
                 .await;
-            if tokio::time::timeout(NATS_READY_TIMEOUT, child.wait())
-                .await
-                .is_ok()
-            {
+            if tokio::time::timeout(NATS_READY_TIMEOUT, child.wait()).await.is_ok() {
                 return;
             }
         }
@@ -294,10 +269,7 @@ impl NatsServer {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(SpawnError::Exited(message) | SpawnError::Fatal(message)) => {
-                    panic!(
-                        "testkit: nats-server did not restart on port {}: {message}",
-                        self.port
-                    )
+                    panic!("testkit: nats-server did not restart on port {}: {message}", self.port)
                 }
             }
         }
@@ -337,9 +309,7 @@ async fn spawn_nats(bin: &Path, port: u16, store_dir: &Path) -> Result<Child, Sp
         .append(true)
         .open(&log_path)
         .map_err(|e| SpawnError::Fatal(format!("cannot open {}: {e}", log_path.display())))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| SpawnError::Fatal(format!("cannot clone log file handle: {e}")))?;
+    let log_err = log.try_clone().map_err(|e| SpawnError::Fatal(format!("cannot clone log file handle: {e}")))?;
     let mut child = Command::new(bin)
         .arg("-a")
         .arg("127.0.0.1")
@@ -394,10 +364,7 @@ async fn greets_with_info(port: u16) -> bool {
         stream.read_exact(&mut buf).await.ok()?;
         Some(&buf == b"INFO")
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Some(true))
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(1), attempt).await, Ok(Some(true)))
 }
 
 async fn kill_and_wait(child: &mut Child) {
@@ -413,9 +380,7 @@ fn log_tail(path: &Path) -> String {
         let _ = file.read_to_string(&mut text);
     }
     let start = text.len().saturating_sub(4096);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     text[start..].to_string()
 }
 
@@ -433,9 +398,7 @@ fn nats_server_bin() -> PathBuf {
         return path;
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join("nats-server")).find(|candidate| candidate.is_file())
     });
     on_path.unwrap_or_else(|| {
         panic!(

@@ -11,18 +11,9 @@ async fn fresh_database_accepts_writes(backend: Backend) {
     assert!(db.url.starts_with(backend.name()), "{}", db.url);
 
     let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE items (id BIGINT PRIMARY KEY)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO items (id) VALUES (1), (2)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE items (id BIGINT PRIMARY KEY)").execute(&mut conn).await.unwrap();
+    sqlx::query("INSERT INTO items (id) VALUES (1), (2)").execute(&mut conn).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM items").fetch_one(&mut conn).await.unwrap();
     assert_eq!(count, 2);
 }
 
@@ -32,10 +23,7 @@ async fn databases_start_empty(backend: Backend) {
     for _ in 0..2 {
         let db = TestDatabase::create(backend).await;
         let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-        sqlx::query("CREATE TABLE items (id BIGINT PRIMARY KEY)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query("CREATE TABLE items (id BIGINT PRIMARY KEY)").execute(&mut conn).await.unwrap();
     }
 }
 

@@ -16,10 +16,7 @@ async fn speaks_nats(port: u16) -> bool {
         stream.read_exact(&mut buf).await.ok()?;
         Some(&buf == b"INFO")
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(true))
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(true)))
 }
 
 async fn refuses(port: u16) -> bool {
@@ -33,17 +30,11 @@ async fn start_stop_restart_on_the_same_port() {
     let url = server.url();
     assert_eq!(url, format!("nats://127.0.0.1:{port}"));
     assert!(server.is_running());
-    assert!(
-        speaks_nats(port).await,
-        "a started server accepts connections"
-    );
+    assert!(speaks_nats(port).await, "a started server accepts connections");
 
     server.stop().await;
     assert!(!server.is_running());
-    assert!(
-        refuses(port).await,
-        "a stopped server's port refuses connections"
-    );
+    assert!(refuses(port).await, "a stopped server's port refuses connections");
     // Stopping twice is harmless.
     server.stop().await;
 
@@ -51,16 +42,10 @@ async fn start_stop_restart_on_the_same_port() {
     assert!(server.is_running());
     assert_eq!(server.port(), port, "restart keeps the port");
     assert_eq!(server.url(), url, "restart keeps the url");
-    assert!(
-        speaks_nats(port).await,
-        "a restarted server accepts connections"
-    );
+    assert!(speaks_nats(port).await, "a restarted server accepts connections");
 
     server.kill().await;
-    assert!(
-        refuses(port).await,
-        "a killed server's port refuses connections"
-    );
+    assert!(refuses(port).await, "a killed server's port refuses connections");
     server.restart().await;
     assert!(speaks_nats(port).await, "restart after kill works too");
 }
@@ -79,11 +64,7 @@ async fn jetstream_data_survives_a_restart() {
     .await
     .unwrap();
     for i in 0..3 {
-        js.publish("testkit.event", format!("event {i}").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.publish("testkit.event", format!("event {i}").into()).await.unwrap().await.unwrap();
     }
     drop(js);
     drop(client);
@@ -93,13 +74,7 @@ async fn jetstream_data_survives_a_restart() {
 
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    let info = js
-        .get_stream("TESTKIT")
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
+    let info = js.get_stream("TESTKIT").await.unwrap().get_info().await.unwrap();
     assert_eq!(info.state.messages, 3, "messages survive stop + restart");
 }
 
