@@ -6,7 +6,7 @@
 
 pub mod sanitize;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -31,7 +31,7 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(ScrubbingWriter);
     let result = match format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => builder.with_target(false).with_ansi(io::stderr().is_terminal()).try_init(),
     };
     // Already installed (tests install per binary): keep the first one.
     let _ = result;

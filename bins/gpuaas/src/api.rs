@@ -1,0 +1,226 @@
+//! The public HTTP surface: system routes, middleware stack, fallbacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use gpuaas_events::EventBus;
+use gpuaas_http::idempotency::{IdempotencySettings, IdempotencySettingsSource, IdempotencyState};
+use gpuaas_http::{ApiError, ApiJson};
+use gpuaas_kernel::ErrCode;
+use gpuaas_policy::{PolicyClient, keys};
+use gpuaas_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Everything a handler may reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub bus: Arc<dyn EventBus>,
+    pub policy: PolicyClient,
+    pub metrics: PrometheusHandle,
+}
+
+/// Reads idempotency settings from policy on each use (the policy client caches).
+struct PolicyIdempotency(PolicyClient);
+
+#[async_trait]
+impl IdempotencySettingsSource for PolicyIdempotency {
+    async fn idempotency_settings(&self) -> Result<IdempotencySettings, ApiError> {
+        let policy = &self.0;
+        Ok(IdempotencySettings {
+            ttl: policy.get_duration_secs(keys::IDEMPOTENCY_TTL_SECONDS).await.map_err(ApiError::internal)?,
+            in_flight_timeout: policy
+                .get_duration_secs(keys::IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS)
+                .await
+                .map_err(ApiError::internal)?,
+            max_body_bytes: max_body_bytes(policy).await.map_err(ApiError::internal)?,
+        })
+    }
+}
+
+pub async fn max_body_bytes(policy: &PolicyClient) -> Result<usize, gpuaas_policy::PolicyError> {
+    let bytes = policy.get(keys::HTTP_MAX_BODY_BYTES).await?;
+    usize::try_from(bytes).map_err(|_| gpuaas_policy::PolicyError::Invalid {
+        key: keys::HTTP_MAX_BODY_BYTES.name,
+        reason: "must not be negative".into(),
+    })
+}
+
+/// Builds the whole router. `extra` lets tests mount routes under the same stack.
+pub async fn router(state: AppState, extra: Router<AppState>) -> Result<Router, gpuaas_policy::PolicyError> {
+    let body_limit = max_body_bytes(&state.policy).await?;
+    let idempotency =
+        IdempotencyState { store: state.store.clone(), settings: Arc::new(PolicyIdempotency(state.policy.clone())) };
+    let api = Router::new()
+        .route("/api/v1/healthz", get(healthz))
+        .route("/api/v1/readyz", get(readyz))
+        .route("/api/v1/buildinfo", get(buildinfo))
+        .route("/api/v1/openapi.json", get(openapi_document))
+        .route("/metrics", get(metrics))
+        .route("/", get(landing))
+        .merge(extra)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    Ok(api
+        .layer(axum::middleware::from_fn_with_state(idempotency, gpuaas_http::idempotency::layer))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(gpuaas_http::error::envelope_guard))
+        .layer(axum::middleware::from_fn(gpuaas_http::correlation::layer)))
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(ErrCode::RouteNotFound, "no endpoint at this path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrCode::MethodNotAllowed, "this endpoint does not accept that HTTP method")
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the process answers.
+    pub status: String,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/api/v1/healthz", tag = "system", responses((status = 200, body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok".into() })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependencyCheck {
+    /// `ok` or `failing`.
+    pub status: String,
+    /// Which engine serves this dependency (`sqlite`, `postgres`, `embedded`, `nats`).
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    pub database: DependencyCheck,
+    pub event_bus: DependencyCheck,
+}
+
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: the database and the event bus answer. 503 names the failing dependency.
+#[utoipa::path(get, path = "/api/v1/readyz", tag = "system", responses(
+    (status = 200, body = Readiness),
+    (status = 503, body = gpuaas_kernel::ErrorResponse, description = "`details.failing` lists the failing dependencies"),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = check(state.store.dialect().name(), async { state.store.ping().await.map_err(|e| e.to_string()) });
+    let bus = check(state.bus.name(), async { state.bus.health().await.map_err(|e| e.to_string()) });
+    let (database, event_bus) = tokio::join!(database, bus);
+    let mut failing = Vec::new();
+    if database.status != "ok" {
+        failing.push("database");
+    }
+    if event_bus.status != "ok" {
+        failing.push("event_bus");
+    }
+    if failing.is_empty() {
+        return axum::Json(Readiness { status: "ready".into(), database, event_bus }).into_response();
+    }
+    ApiError::new(ErrCode::ServiceUnavailable, format!("not ready: {} failing", failing.join(", ")))
+        .with_details(serde_json::json!({
+            "failing": failing,
+            "database": database,
+            "event_bus": event_bus,
+        }))
+        .into_response()
+}
+
+async fn check(backend: &str, probe: impl Future<Output = Result<(), String>>) -> DependencyCheck {
+    let outcome = tokio::time::timeout(READINESS_TIMEOUT, probe).await.unwrap_or_else(|_| Err("timed out".into()));
+    match outcome {
+        Ok(()) => DependencyCheck { status: "ok".into(), backend: backend.into(), error: None },
+        Err(error) => {
+            tracing::warn!(backend, %error, "readiness check failing");
+            DependencyCheck {
+                status: "failing".into(),
+                backend: backend.into(),
+                error: Some(gpuaas_telemetry::sanitize::scrub_text(&error)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildInfo {
+    pub name: String,
+    pub version: String,
+    /// Commit the binary was built from, when the build recorded it.
+    pub git_commit: String,
+    /// `debug` or `release`.
+    pub profile: String,
+}
+
+pub fn build_info() -> BuildInfo {
+    BuildInfo {
+        name: "gpuaas".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: option_env!("GPUAAS_GIT_COMMIT").unwrap_or("unknown").into(),
+        profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
+    }
+}
+
+/// What this binary is.
+#[utoipa::path(get, path = "/api/v1/buildinfo", tag = "system", responses((status = 200, body = BuildInfo)))]
+pub async fn buildinfo() -> axum::Json<BuildInfo> {
+    axum::Json(build_info())
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI document")))]
+pub async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json()).into_response()
+}
+
+/// Prometheus metrics: request counts and latency by route and status, outbox gauges,
+/// relay counters.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn landing() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gpuaas</title></head>\
+         <body><main><h1>gpuaas control plane</h1><p>The API is served under <code>/api/v1</code>; \
+         its contract is at <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a>.</p></main></body></html>",
+    )
+}
+
+/// Routes that exist only to exercise the middleware stack end to end in tests; they
+/// are mounted by the test harness, never by `up` or `serve`.
+pub fn echo_routes() -> Router<AppState> {
+    #[derive(serde::Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Echo {
+        name: String,
+        count: u32,
+    }
+    async fn echo(ApiJson(body): ApiJson<Echo>) -> impl IntoResponse {
+        (
+            axum::http::StatusCode::CREATED,
+            axum::Json(serde_json::json!({
+                "name": body.name, "count": body.count, "id": gpuaas_kernel::new_id().to_string()
+            })),
+        )
+    }
+    Router::new().route("/api/v1/test/echo", axum::routing::post(echo))
+}

@@ -1,0 +1,153 @@
+//! The `gpuaas` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gpuaas_telemetry::LogFormat;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CliOverrides, Config, LogFormatSetting, Mode, Role};
+use crate::runtime::{Platform, run, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(name = "gpuaas", version, about = "GPU-as-a-service control plane")]
+pub struct Cli {
+    /// TOML configuration file (overridden by environment and flags).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process on the embedded engines (SQLite, embedded bus).
+    Up {
+        /// Where the embedded database and keys live.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the public API.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
+    /// Run in production mode: DATABASE_URL (PostgreSQL), NATS_URL (JetStream).
+    Serve {
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// What this process runs; repeat for several. Default: all.
+        #[arg(long = "role", value_enum)]
+        roles: Vec<Role>,
+    },
+    /// Apply pending database migrations (idempotent).
+    Migrate {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gpuaas: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let (mode, overrides) = match &cli.command {
+        Command::Openapi => {
+            print!("{}", crate::openapi::document_json());
+            return ExitCode::SUCCESS;
+        }
+        Command::Up { data_dir, listen } => (
+            Mode::Embedded,
+            CliOverrides {
+                config_file: cli.config.clone(),
+                listen: listen.clone(),
+                data_dir: data_dir.clone(),
+                roles: vec![],
+            },
+        ),
+        Command::Serve { listen, roles } => (
+            Mode::Production,
+            CliOverrides {
+                config_file: cli.config.clone(),
+                listen: listen.clone(),
+                data_dir: None,
+                roles: roles.clone(),
+            },
+        ),
+        Command::Migrate { data_dir } => {
+            // Without DATABASE_URL, migrate acts on the embedded database in the data dir.
+            let mode =
+                if std::env::var_os("DATABASE_URL").is_some() || std::env::var_os("GPUAAS_DATABASE_URL").is_some() {
+                    Mode::Production
+                } else {
+                    Mode::Embedded
+                };
+            (
+                mode,
+                CliOverrides {
+                    config_file: cli.config.clone(),
+                    listen: None,
+                    data_dir: data_dir.clone(),
+                    roles: vec![],
+                },
+            )
+        }
+    };
+    let config = match Config::load(mode, &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("gpuaas: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = match config.log_format {
+        LogFormatSetting::Json => LogFormat::Json,
+        LogFormatSetting::Text => LogFormat::Text,
+    };
+    gpuaas_telemetry::init_logging(format, &config.log_filter);
+
+    let outcome = match cli.command {
+        Command::Migrate { .. } => migrate(config).await,
+        _ => serve(config).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = gpuaas_telemetry::sanitize::scrub_text(&format!("{error:#}"));
+            tracing::error!(error = %text, "gpuaas failed");
+            eprintln!("gpuaas: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let platform = Platform::connect(config).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    run(platform, shutdown).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    if config.mode == Mode::Embedded {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let store = gpuaas_store::Store::connect(&config.database_url, &gpuaas_store::PoolSettings::default()).await?;
+    let applied = store.migrate(&crate::migrations()).await?;
+    println!("database {}: applied {} migrations {:?}", store.dialect().name(), applied.len(), applied);
+    store.close().await;
+    Ok(())
+}

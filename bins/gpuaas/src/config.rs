@@ -1,0 +1,357 @@
+//! Layered configuration: defaults < TOML file (`--config`) < environment < CLI flags,
+//! validated once, with every problem reported together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `gpuaas up`: one process, embedded engines.
+    Embedded,
+    /// `gpuaas serve`: production engines, roles chosen per process.
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The public HTTP API.
+    Api,
+    /// Background workers (event consumers, housekeeping).
+    Workers,
+    /// The outbox relay.
+    Relay,
+    /// All of the above.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSetting {
+    Json,
+    Text,
+}
+
+/// The fields a TOML file may set; unknown keys are refused so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    nats_url: Option<String>,
+    redis_url: Option<String>,
+    log_filter: Option<String>,
+    log_format: Option<String>,
+    roles: Option<Vec<String>>,
+    shutdown_grace_seconds: Option<u64>,
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Contains credentials: never print it; use [`redact_url`].
+    pub database_url: String,
+    pub nats_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub log_filter: String,
+    pub log_format: LogFormatSetting,
+    pub roles: Vec<Role>,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("mode", &self.mode)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("log_filter", &self.log_filter)
+            .field("log_format", &self.log_format)
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+/// All configuration problems found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_DATA_DIR: &'static str = "./.gpuaas";
+
+    /// Loads from the real process environment.
+    pub fn load(mode: Mode, cli: &CliOverrides) -> Result<Self, ConfigError> {
+        Self::load_from(mode, cli, |name| std::env::var(name).ok())
+    }
+
+    /// Loads with an explicit environment lookup (tests pass a map).
+    pub fn load_from(
+        mode: Mode,
+        cli: &CliOverrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let file = match &cli.config_file {
+            Some(path) => read_file(path).unwrap_or_else(|problem| {
+                problems.push(problem);
+                FileConfig::default()
+            }),
+            None => FileConfig::default(),
+        };
+        let env_or = |names: &[&str]| names.iter().find_map(|name| env(name).filter(|v| !v.is_empty()));
+
+        let listen_text = cli
+            .listen
+            .clone()
+            .or_else(|| env_or(&["GPUAAS_LISTEN"]))
+            .or(file.listen)
+            .unwrap_or_else(|| Self::DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problems.push(format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or_else(|| env_or(&["GPUAAS_DATA_DIR"]).map(PathBuf::from))
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            problems.push("data_dir: must not be empty".to_owned());
+        }
+
+        let database_url = env_or(&["GPUAAS_DATABASE_URL", "DATABASE_URL"]).or(file.database_url);
+        let database_url = match (mode, database_url) {
+            (_, Some(url)) => {
+                if gpuaas_store::Dialect::from_url(&url).is_err() {
+                    problems.push(format!(
+                        "database_url: {} must start with sqlite:, postgres:// or postgresql://",
+                        redact_url(&url)
+                    ));
+                }
+                url
+            }
+            (Mode::Embedded, None) => sqlite_url(&data_dir),
+            (Mode::Production, None) => {
+                problems.push("database_url: required by `gpuaas serve` (set DATABASE_URL=postgres://…)".to_owned());
+                String::new()
+            }
+        };
+
+        let nats_url = env_or(&["GPUAAS_NATS_URL", "NATS_URL"]).or(file.nats_url);
+        if let Some(url) = &nats_url {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                problems.push(format!("nats_url: {} must start with nats:// or tls://", redact_url(url)));
+            }
+        }
+        let redis_url = env_or(&["GPUAAS_REDIS_URL", "REDIS_URL"]).or(file.redis_url);
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                problems.push(format!("redis_url: {} must start with redis:// or rediss://", redact_url(url)));
+            }
+        }
+
+        let log_filter = env_or(&["GPUAAS_LOG", "RUST_LOG"]).or(file.log_filter).unwrap_or_else(|| "info".to_owned());
+        let log_format = match env_or(&["GPUAAS_LOG_FORMAT"]).or(file.log_format).as_deref() {
+            None => match mode {
+                Mode::Embedded => LogFormatSetting::Text,
+                Mode::Production => LogFormatSetting::Json,
+            },
+            Some("json") => LogFormatSetting::Json,
+            Some("text") => LogFormatSetting::Text,
+            Some(other) => {
+                problems.push(format!("log_format: {other:?} is not one of json, text"));
+                LogFormatSetting::Text
+            }
+        };
+
+        let mut roles = cli.roles.clone();
+        if roles.is_empty() {
+            let named = env_or(&["GPUAAS_ROLES"])
+                .map(|text| text.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
+                .or(file.roles)
+                .unwrap_or_default();
+            for name in named {
+                match <Role as clap::ValueEnum>::from_str(&name, true) {
+                    Ok(role) => roles.push(role),
+                    Err(_) => problems.push(format!("roles: {name:?} is not one of api, workers, relay, all")),
+                }
+            }
+        }
+        if roles.is_empty() || mode == Mode::Embedded {
+            roles = vec![Role::All];
+        }
+        if roles.contains(&Role::All) {
+            roles = vec![Role::Api, Role::Workers, Role::Relay];
+        }
+        roles.sort();
+        roles.dedup();
+
+        let shutdown_grace_seconds = match env_or(&["GPUAAS_SHUTDOWN_GRACE_SECONDS"]) {
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                problems.push(format!("shutdown_grace_seconds: {text:?} is not a whole number"));
+                8
+            }),
+            None => file.shutdown_grace_seconds.unwrap_or(8),
+        };
+        if shutdown_grace_seconds > 60 {
+            problems.push("shutdown_grace_seconds: at most 60".to_owned());
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Self {
+            mode,
+            listen,
+            data_dir,
+            database_url,
+            nats_url,
+            redis_url,
+            log_filter,
+            log_format,
+            roles,
+            shutdown_grace_seconds,
+        })
+    }
+
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("config file {}: cannot read ({error})", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("config file {}: {}", path.display(), error.message()))
+}
+
+pub fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("gpuaas.db").display())
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(index) => rest.split_at(index),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://***@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(mode: Mode, cli: &CliOverrides, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::load_from(mode, cli, |name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn embedded_defaults_need_nothing() {
+        let config = load(Mode::Embedded, &CliOverrides::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./.gpuaas"));
+        assert!(config.database_url.starts_with("sqlite://"));
+        assert_eq!(config.roles, vec![Role::Api, Role::Workers, Role::Relay]);
+        assert_eq!(config.log_format, LogFormatSetting::Text);
+    }
+
+    #[test]
+    fn file_then_env_then_cli_take_precedence() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("gpuaas.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlog_filter = \"debug\"\nroles = [\"relay\"]\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cli = CliOverrides { config_file: Some(path), ..Default::default() };
+        let env = [("DATABASE_URL", "postgres://u:pw@db/gpuaas"), ("GPUAAS_LOG", "warn")];
+        let config = load(Mode::Production, &cli, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.log_filter, "warn");
+        assert_eq!(config.roles, vec![Role::Relay]);
+        cli.listen = Some("127.0.0.1:9100".into());
+        cli.roles = vec![Role::Api];
+        let config = load(Mode::Production, &cli, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.roles, vec![Role::Api]);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once_and_secrets_are_not() {
+        let env = [
+            ("GPUAAS_LISTEN", "not-an-address"),
+            ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+            ("NATS_URL", "http://nats"),
+            ("GPUAAS_LOG_FORMAT", "xml"),
+            ("GPUAAS_ROLES", "api,cook"),
+        ];
+        let error = load(Mode::Production, &CliOverrides::default(), &env).err().unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(error.0.len(), 5, "{error}");
+        let text = error.to_string();
+        for field in ["listen", "database_url", "nats_url", "log_format", "roles"] {
+            assert!(text.contains(field), "{text}");
+        }
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn serve_requires_a_database_url() {
+        let error = load(Mode::Production, &CliOverrides::default(), &[]).err().unwrap_or_else(|| panic!("accepted"));
+        assert!(error.to_string().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("gpuaas.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let cli = CliOverrides { config_file: Some(path), ..Default::default() };
+        let error = load(Mode::Embedded, &cli, &[]).err().unwrap_or_else(|| panic!("accepted"));
+        assert!(error.to_string().contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let config = load(Mode::Production, &CliOverrides::default(), &[("DATABASE_URL", "postgres://u:hunter2@db/x")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"));
+        assert!(debug.contains("postgres://u:***@db/x"));
+    }
+}

@@ -1,0 +1,217 @@
+//! Starting and stopping the platform: engines, roles, supervised background loops and
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gpuaas_events::{EmbeddedBus, EventBus, NatsBus};
+use gpuaas_outbox::{Relay, RelaySettings};
+use gpuaas_policy::{PolicyClient, PolicyError, keys};
+use gpuaas_store::{PoolSettings, Store};
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, router};
+use crate::config::{Config, Mode, Role, redact_url};
+
+/// Connected engines, before any role runs.
+pub struct Platform {
+    pub config: Config,
+    pub store: Store,
+    pub bus: Arc<dyn EventBus>,
+    pub policy: PolicyClient,
+}
+
+impl Platform {
+    /// Connects the database (migrating it in embedded mode, checking it in production
+    /// mode) and the event bus.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        if config.mode == Mode::Embedded {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        }
+        let store = Store::connect(&config.database_url, &PoolSettings::default())
+            .await
+            .with_context(|| format!("database {}", redact_url(&config.database_url)))?;
+        let migrations = crate::migrations();
+        match config.mode {
+            // One process owns the embedded database: keep it current automatically
+            // (this still refuses a schema newer than the binary).
+            Mode::Embedded => {
+                store.migrate(&migrations).await?;
+            }
+            // Several processes share a production database: schema changes are an
+            // explicit `gpuaas migrate` step, never a side effect of starting.
+            Mode::Production => store.ensure_schema_current(&migrations).await?,
+        }
+        let bus: Arc<dyn EventBus> = match &config.nats_url {
+            Some(url) => {
+                Arc::new(NatsBus::connect(url).await.with_context(|| format!("event bus {}", redact_url(url)))?)
+            }
+            None => Arc::new(EmbeddedBus::new(store.clone())),
+        };
+        let policy = PolicyClient::new(store.clone(), PolicyClient::DEFAULT_CACHE_TTL);
+        Ok(Self { config, store, bus, policy })
+    }
+}
+
+/// Runs the configured roles until `shutdown` fires, then drains and returns.
+pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Platform { config, store, bus, policy } = platform;
+    let mut tasks = JoinSet::new();
+    let stop = shutdown.child_token();
+
+    if config.runs(Role::Api) {
+        let state = AppState {
+            store: store.clone(),
+            bus: bus.clone(),
+            policy: policy.clone(),
+            metrics: gpuaas_telemetry::metrics_handle(),
+        };
+        let app = router(state, axum::Router::new()).await?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        println!("gpuaas is serving on http://{address}");
+        tracing::info!(%address, mode = ?config.mode, database = store.dialect().name(), bus = bus.name(), "api listening");
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("http server")
+        });
+    }
+    if config.runs(Role::Relay) {
+        let relay = Relay::new(store.clone(), bus.clone());
+        tasks.spawn(relay_loop(relay, policy.clone(), stop.clone()));
+    }
+    if config.runs(Role::Workers) {
+        tasks.spawn(housekeeping_loop(store.clone(), stop.clone()));
+    }
+    tracing::info!(roles = ?config.roles, "gpuaas started");
+
+    // Supervision rule: a role that stops on its own (error or panic) takes the process
+    // down, so an orchestrator restarts it whole instead of it running half-alive.
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        Some(result) = tasks.join_next() => {
+            failure = match result {
+                Ok(Ok(())) => Some(anyhow::anyhow!("a role stopped unexpectedly")),
+                Ok(Err(error)) => Some(error),
+                Err(join_error) => Some(anyhow::anyhow!("a role panicked: {join_error}")),
+            };
+            stop.cancel();
+        }
+    }
+    stop.cancel();
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(error)) = result {
+                tracing::warn!(%error, "role ended with an error during shutdown");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace period over; abandoning unfinished work");
+        tasks.abort_all();
+    }
+    store.close().await;
+    tracing::info!("gpuaas stopped");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+pub async fn relay_settings(policy: &PolicyClient) -> Result<RelaySettings, PolicyError> {
+    Ok(RelaySettings {
+        batch_size: policy.get(keys::OUTBOX_RELAY_BATCH_SIZE).await?,
+        lease: policy.get_duration_secs(keys::OUTBOX_RELAY_LEASE_SECONDS).await?,
+        max_attempts: policy.get(keys::OUTBOX_MAX_ATTEMPTS).await?,
+        retry_base: policy.get_duration_ms(keys::OUTBOX_RETRY_BASE_MS).await?,
+        retry_max: policy.get_duration_ms(keys::OUTBOX_RETRY_MAX_MS).await?,
+    })
+}
+
+/// Publishes outbox rows until stopped. Errors are logged and retried after a pause:
+/// the relay must outlive database and bus hiccups.
+async fn relay_loop(relay: Relay, policy: PolicyClient, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let pause = match relay_pass(&relay, &policy).await {
+            Ok(true) => Duration::ZERO,
+            Ok(false) => idle_pause(&policy).await,
+            Err(error) => {
+                tracing::error!(error = %error, "outbox relay pass failed");
+                idle_pause(&policy).await
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One relay pass; true when it did work (so the loop goes again at once).
+async fn relay_pass(relay: &Relay, policy: &PolicyClient) -> anyhow::Result<bool> {
+    let settings = relay_settings(policy).await?;
+    let report = relay.run_once(&settings).await?;
+    let counts = relay.counts().await?;
+    metrics::gauge!("outbox_pending").set(counts.pending as f64);
+    metrics::gauge!("outbox_failed").set(counts.failed as f64);
+    Ok(report.published > 0 || report.dead_lettered > 0)
+}
+
+async fn idle_pause(policy: &PolicyClient) -> Duration {
+    let interval = policy.get_duration_ms(keys::OUTBOX_RELAY_INTERVAL_MS).await.unwrap_or(Duration::from_secs(2));
+    let jitter = policy.get_duration_ms(keys::OUTBOX_RELAY_JITTER_MS).await.unwrap_or(Duration::ZERO);
+    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(0);
+    interval + Duration::from_millis(if jitter_ms == 0 { 0 } else { rand::rng().random_range(0..=jitter_ms) })
+}
+
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Periodic clean-up owned by the workers role.
+async fn housekeeping_loop(store: Store, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match gpuaas_http::idempotency::purge_expired(&store).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            Err(error) => tracing::error!(%error, "idempotency purge failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; draining");
+}
