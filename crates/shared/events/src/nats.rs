@@ -17,6 +17,9 @@ use crate::catalog::{STREAMS, stream_for, validate_subject};
 /// JetStream drops a second publish with the same message id inside this window, which
 /// covers a relay that crashed between publishing and marking the row published.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// How long a publish waits for JetStream's acknowledgement before the relay counts
+/// the attempt as failed and backs off.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Redelivery delay for an event a consumer fetched but did not acknowledge.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
@@ -37,7 +40,7 @@ impl NatsBus {
             .connect(url)
             .await
             .map_err(|error| BusError::Unavailable(format!("cannot connect to NATS: {error}")))?;
-        let jetstream = jetstream::new(client.clone());
+        let jetstream = jetstream::ContextBuilder::new().timeout(PUBLISH_ACK_TIMEOUT).build(client.clone());
         let bus = Self { client, jetstream, consumers: Arc::default() };
         bus.ensure_streams().await?;
         Ok(bus)

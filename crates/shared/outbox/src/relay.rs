@@ -62,7 +62,8 @@ impl Relay {
         let mut report = RelayReport::default();
         let claimed = self.claim(settings).await?;
         report.claimed = claimed.len();
-        for row in claimed {
+        let mut rows = claimed.into_iter();
+        while let Some(row) = rows.next() {
             let publish = match EventEnvelope::from_json(row.envelope.as_bytes()) {
                 Ok(event) => self.bus.publish(&event).await.map_err(|e| e.to_string()),
                 Err(error) => Err(format!("stored envelope does not decode: {error}")),
@@ -80,6 +81,11 @@ impl Relay {
                         metrics::counter!("outbox_dead_lettered_total").increment(1);
                         report.dead_lettered += 1;
                     }
+                    // The bus is most likely down: hand the rest of the batch back
+                    // untouched instead of spending an attempt on each of them.
+                    let rest: Vec<Claimed> = rows.by_ref().collect();
+                    self.release(&rest).await?;
+                    break;
                 }
             }
         }
@@ -134,6 +140,20 @@ impl Relay {
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         claimed.sort_by_key(|row| row.seq);
         Ok(claimed)
+    }
+
+    async fn release(&self, rows: &[Claimed]) -> Result<(), OutboxError> {
+        for row in rows {
+            sqlx::query(
+                "UPDATE outbox_events SET lease_owner = NULL, lease_until = NULL \
+                 WHERE event_id = $1 AND lease_owner = $2",
+            )
+            .bind(&row.event_id)
+            .bind(&self.owner)
+            .execute(self.store.pool())
+            .await?;
+        }
+        Ok(())
     }
 
     async fn mark_published(&self, row: &Claimed) -> Result<(), OutboxError> {
