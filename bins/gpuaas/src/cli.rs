@@ -84,13 +84,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
             },
         ),
         Command::Migrate { data_dir } => {
-            // Without DATABASE_URL, migrate acts on the embedded database in the data dir.
-            let mode =
-                if std::env::var_os("DATABASE_URL").is_some() || std::env::var_os("GPUAAS_DATABASE_URL").is_some() {
-                    Mode::Production
-                } else {
-                    Mode::Embedded
-                };
+            // Without a database URL, migrate acts on the embedded database in the data dir.
+            let configured = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());
+            let mode = if configured("DATABASE_URL") || configured("GPUAAS_DATABASE_URL") {
+                Mode::Production
+            } else {
+                Mode::Embedded
+            };
             (
                 mode,
                 CliOverrides {

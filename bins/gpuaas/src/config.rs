@@ -140,7 +140,12 @@ impl Config {
             problems.push("data_dir: must not be empty".to_owned());
         }
 
-        let database_url = env_or(&["GPUAAS_DATABASE_URL", "DATABASE_URL"]).or(file.database_url);
+        // `up` is the embedded default by definition: it never picks up a production
+        // DATABASE_URL or NATS_URL that happens to be exported in the shell.
+        let database_url = match mode {
+            Mode::Embedded => None,
+            Mode::Production => env_or(&["GPUAAS_DATABASE_URL", "DATABASE_URL"]).or(file.database_url),
+        };
         let database_url = match (mode, database_url) {
             (_, Some(url)) => {
                 if gpuaas_store::Dialect::from_url(&url).is_err() {
@@ -158,7 +163,10 @@ impl Config {
             }
         };
 
-        let nats_url = env_or(&["GPUAAS_NATS_URL", "NATS_URL"]).or(file.nats_url);
+        let nats_url = match mode {
+            Mode::Embedded => None,
+            Mode::Production => env_or(&["GPUAAS_NATS_URL", "NATS_URL"]).or(file.nats_url),
+        };
         if let Some(url) = &nats_url {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 problems.push(format!("nats_url: {} must start with nats:// or tls://", redact_url(url)));
@@ -291,6 +299,10 @@ mod tests {
         assert!(config.database_url.starts_with("sqlite://"));
         assert_eq!(config.roles, vec![Role::Api, Role::Workers, Role::Relay]);
         assert_eq!(config.log_format, LogFormatSetting::Text);
+        let exported = [("DATABASE_URL", "postgres://u:pw@db/prod"), ("NATS_URL", "nats://prod:4222")];
+        let config = load(Mode::Embedded, &CliOverrides::default(), &exported).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.database_url.starts_with("sqlite://"), "up never touches a production database");
+        assert_eq!(config.nats_url, None);
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub struct TestApp {
 /// Stands in for the authentication layer (a later milestone): tells the stack who the
 /// caller is so per-principal behaviour can be exercised.
 async fn test_principal(mut request: Request, next: Next) -> Response {
-    if let Some(id) = request.headers().get("x-test-principal").and_then(|v| v.to_str().ok()) {
-        request.extensions_mut().insert(Principal { id: id.to_owned() });
+    let principal = request.headers().get("x-test-principal").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = principal {
+        request.extensions_mut().insert(Principal { id });
     }
     next.run(request).await
 }

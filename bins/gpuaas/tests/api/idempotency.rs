@@ -106,10 +106,13 @@ async fn bad_keys_and_failed_requests(backend: Backend) {
     envelope(response, 400, "idempotency_key_invalid").await;
     // A 4xx is stored and replayed like any other answer.
     let rejected = post_echo(&app, "k-4", "user:alice", serde_json::json!({"name": "a"})).await;
-    assert_eq!(rejected.status().as_u16(), 400);
+    let original = envelope(rejected, 400, "validation_error").await;
     let replayed = post_echo(&app, "k-4", "user:alice", serde_json::json!({"name": "a"})).await;
+    assert_eq!(replayed.status().as_u16(), 400);
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
-    envelope(replayed, 400, "validation_error").await;
+    // The stored answer comes back byte for byte, original correlation id included.
+    let replayed: serde_json::Value = replayed.json().await.unwrap_or_default();
+    assert_eq!(replayed, original);
 }
 
 gpuaas_testkit::both_backends!(

@@ -93,6 +93,8 @@ pub async fn envelope_guard(request: axum::extract::Request, next: axum::middlew
         StatusCode::SERVICE_UNAVAILABLE => ErrCode::ServiceUnavailable,
         StatusCode::CONFLICT => ErrCode::Conflict,
         StatusCode::FORBIDDEN => ErrCode::Forbidden,
+        StatusCode::UNAUTHORIZED => ErrCode::TokenInvalid,
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => ErrCode::ServiceUnavailable,
         status if status.is_server_error() => ErrCode::InternalError,
         _ => ErrCode::ValidationError,
     };
