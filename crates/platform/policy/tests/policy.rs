@@ -1,0 +1,51 @@
+use std::time::Duration;
+
+use gpuaas_policy::{PolicyClient, PolicyError, PolicyKey, keys};
+use gpuaas_store::{PoolSettings, Store};
+use gpuaas_testkit::{Backend, TestDatabase};
+
+async fn setup(backend: Backend) -> (TestDatabase, Store) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    store.migrate(gpuaas_policy::MIGRATIONS).await.unwrap_or_else(|e| panic!("{e}"));
+    (database, store)
+}
+
+async fn every_key_is_seeded_and_typed(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let policy = PolicyClient::new(store, Duration::ZERO);
+    for key in keys::ALL_I64 {
+        let value = policy.get(*key).await.unwrap_or_else(|e| panic!("{}: {e}", key.name));
+        assert!(value >= 0, "{}", key.name);
+    }
+    assert_eq!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
+}
+
+async fn cached_values_expire_and_writes_invalidate(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let cached = PolicyClient::new(store.clone(), Duration::from_secs(3600));
+    let writer = PolicyClient::new(store.clone(), Duration::ZERO);
+    assert_eq!(cached.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
+    writer.set(keys::OUTBOX_MAX_ATTEMPTS, &4).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cached.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10, "served from cache");
+    assert_eq!(writer.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 4, "no cache, fresh value");
+    cached.set(keys::OUTBOX_MAX_ATTEMPTS, &5).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cached.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 5, "own write drops the cache");
+}
+
+async fn missing_and_mistyped_values_are_errors(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let policy = PolicyClient::new(store, Duration::ZERO);
+    const NOT_SEEDED: PolicyKey<i64> = PolicyKey::new("no.such.key");
+    assert!(matches!(policy.get(NOT_SEEDED).await, Err(PolicyError::Missing("no.such.key"))));
+    const AS_TEXT: PolicyKey<String> = PolicyKey::new("outbox.max_attempts");
+    assert!(matches!(policy.get(AS_TEXT).await, Err(PolicyError::Invalid { .. })));
+    policy.set(keys::IDEMPOTENCY_TTL_SECONDS, &-5).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(policy.get_duration_secs(keys::IDEMPOTENCY_TTL_SECONDS).await, Err(PolicyError::Invalid { .. })));
+}
+
+gpuaas_testkit::both_backends!(
+    every_key_is_seeded_and_typed,
+    cached_values_expire_and_writes_invalidate,
+    missing_and_mistyped_values_are_errors,
+);
