@@ -98,9 +98,12 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
     // down, so an orchestrator restarts it whole instead of it running half-alive.
     let mut failure = None;
     tokio::select! {
+        biased;
         () = shutdown.cancelled() => {}
         Some(result) = tasks.join_next() => {
             failure = match result {
+                // Stopping because shutdown began is not a failure.
+                Ok(Ok(())) if shutdown.is_cancelled() => None,
                 Ok(Ok(())) => Some(anyhow::anyhow!("a role stopped unexpectedly")),
                 Ok(Err(error)) => Some(error),
                 Err(join_error) => Some(anyhow::anyhow!("a role panicked: {join_error}")),

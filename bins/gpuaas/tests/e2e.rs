@@ -1,0 +1,178 @@
+//! The real `gpuaas` binary, started as a process.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use gpuaas_testkit::{Backend, NatsServer, TestDatabase, free_port};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
+
+fn gpuaas() -> Command {
+    let mut command = Command::new(BINARY);
+    for name in ["DATABASE_URL", "GPUAAS_DATABASE_URL", "NATS_URL", "GPUAAS_NATS_URL", "GPUAAS_LISTEN", "RUST_LOG"] {
+        command.env_remove(name);
+    }
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    command
+}
+
+/// Starts the command and waits for the line announcing the URL it serves.
+async fn start(mut command: Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix("gpuaas is serving on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("gpuaas exited before serving")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gpuaas did not announce its URL"));
+    (child, url)
+}
+
+async fn terminate(mut child: Child) -> (std::process::ExitStatus, Duration) {
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let started = Instant::now();
+    let status =
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("gpuaas did not stop within 15 s of SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (exit, started.elapsed())
+}
+
+async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.unwrap_or_else(|e| panic!("{e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_dir = data.path().join("data");
+    let up = || {
+        let mut command = gpuaas();
+        command.args(["up", "--data-dir"]).arg(&data_dir).args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+        command
+    };
+    let (child, url) = start(up()).await;
+    let (status, ready) = get_json(&format!("{url}/api/v1/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["database"]["backend"], "sqlite");
+    assert_eq!(ready["event_bus"]["backend"], "embedded");
+    let (exit, took) = terminate(child).await;
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    // Write through the store while stopped, as an operator changing policy would.
+    let store = gpuaas_store::Store::connect(
+        &format!("sqlite://{}?mode=rw", data_dir.join("gpuaas.db").display()),
+        &gpuaas_store::PoolSettings::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    gpuaas_policy::PolicyClient::new(store.clone(), Duration::ZERO)
+        .set(gpuaas_policy::keys::OUTBOX_MAX_ATTEMPTS, &7)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.close().await;
+
+    let (child, url) = start(up()).await;
+    let (status, _) = get_json(&format!("{url}/api/v1/healthz")).await;
+    assert_eq!(status, 200);
+    let (exit, _) = terminate(child).await;
+    assert!(exit.success());
+    let store = gpuaas_store::Store::connect(
+        &format!("sqlite://{}?mode=rw", data_dir.join("gpuaas.db").display()),
+        &gpuaas_store::PoolSettings::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kept =
+        gpuaas_policy::PolicyClient::new(store, Duration::ZERO).get(gpuaas_policy::keys::OUTBOX_MAX_ATTEMPTS).await;
+    assert_eq!(kept.ok(), Some(7), "data survived the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_postgres_and_nats_after_migrate() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let nats = NatsServer::start().await;
+
+    // Before `migrate`, serve refuses to start on an empty schema.
+    let refused = gpuaas()
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("DATABASE_URL", &database.url)
+        .env("NATS_URL", nats.url())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("gpuaas migrate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    for _ in 0..2 {
+        let migrated =
+            gpuaas().arg("migrate").env("DATABASE_URL", &database.url).output().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    }
+
+    let mut command = gpuaas();
+    command
+        .args(["serve", "--role", "api", "--role", "relay", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("DATABASE_URL", &database.url)
+        .env("NATS_URL", nats.url());
+    let (child, url) = start(command).await;
+    let (status, ready) = get_json(&format!("{url}/api/v1/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["database"]["backend"], "postgres");
+    assert_eq!(ready["event_bus"]["backend"], "nats");
+    let (exit, took) = terminate(child).await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(took < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn serve_with_an_unreachable_database_fails_fast_and_clearly() {
+    let started = Instant::now();
+    let output = gpuaas()
+        .arg("serve")
+        .env("DATABASE_URL", format!("postgres://nobody:hunter2@127.0.0.1:{}/gpuaas", free_port()))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("database"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_lists_every_problem_and_exits_2() {
+    let output = gpuaas()
+        .args(["serve", "--listen", "nowhere"])
+        .env("DATABASE_URL", "mysql://root:hunter2@db/x")
+        .env("GPUAAS_LOG_FORMAT", "xml")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for field in ["listen", "database_url", "log_format"] {
+        assert!(stderr.contains(field), "{stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
