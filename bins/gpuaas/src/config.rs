@@ -167,16 +167,16 @@ impl Config {
             Mode::Embedded => None,
             Mode::Production => env_or(&["GPUAAS_NATS_URL", "NATS_URL"]).or(file.nats_url),
         };
-        if let Some(url) = &nats_url {
-            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-                problems.push(format!("nats_url: {} must start with nats:// or tls://", redact_url(url)));
-            }
+        if let Some(url) = &nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            problems.push(format!("nats_url: {} must start with nats:// or tls://", redact_url(url)));
         }
         let redis_url = env_or(&["GPUAAS_REDIS_URL", "REDIS_URL"]).or(file.redis_url);
-        if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                problems.push(format!("redis_url: {} must start with redis:// or rediss://", redact_url(url)));
-            }
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push(format!("redis_url: {} must start with redis:// or rediss://", redact_url(url)));
         }
 
         let log_filter = env_or(&["GPUAAS_LOG", "RUST_LOG"]).or(file.log_filter).unwrap_or_else(|| "info".to_owned());

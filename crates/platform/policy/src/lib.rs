@@ -117,10 +117,10 @@ impl PolicyClient {
     }
 
     async fn raw(&self, name: &'static str) -> Result<serde_json::Value, PolicyError> {
-        if let Some((fetched_at, value)) = self.cache.lock().await.get(name) {
-            if fetched_at.elapsed() < self.cache_ttl {
-                return Ok(value.clone());
-            }
+        if let Some((fetched_at, value)) = self.cache.lock().await.get(name)
+            && fetched_at.elapsed() < self.cache_ttl
+        {
+            return Ok(value.clone());
         }
         let row = sqlx::query("SELECT value FROM policy_values WHERE key = $1")
             .bind(name)

@@ -172,10 +172,10 @@ fn check_known(
         return Err(StoreError::SchemaNewer { unknown: unknown.into_iter().collect() });
     }
     for (version, (name, checksum)) in applied {
-        if let Some(migration) = known.get(version) {
-            if migration.checksum(dialect) != *checksum {
-                return Err(StoreError::MigrationChanged { version: *version, name: name.clone() });
-            }
+        if let Some(migration) = known.get(version)
+            && migration.checksum(dialect) != *checksum
+        {
+            return Err(StoreError::MigrationChanged { version: *version, name: name.clone() });
         }
     }
     Ok(())

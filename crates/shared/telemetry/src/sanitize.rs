@@ -78,12 +78,12 @@ pub fn scrub_text(text: &str) -> String {
 /// fields are covered), anything else as text.
 pub fn scrub_line(line: &str) -> String {
     let trimmed = line.trim_end_matches('\n');
-    if trimmed.starts_with('{') {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(trimmed) {
-            let mut out = sanitize(&value).to_string();
-            out.push('\n');
-            return out;
-        }
+    if trimmed.starts_with('{')
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(trimmed)
+    {
+        let mut out = sanitize(&value).to_string();
+        out.push('\n');
+        return out;
     }
     scrub_text(line)
 }
