@@ -49,6 +49,12 @@ async fn terminate(mut child: Child) -> (std::process::ExitStatus, Duration) {
     (exit, started.elapsed())
 }
 
+/// Opens the embedded database of a stopped `up`, as an operator's tool would.
+async fn open_embedded_store(data_dir: &std::path::Path) -> gpuaas_store::Store {
+    let url = format!("sqlite://{}?mode=rw", data_dir.join("gpuaas.db").display());
+    gpuaas_store::Store::connect(&url, &gpuaas_store::PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.unwrap_or_else(|e| panic!("{e}"));
     let status = response.status().as_u16();
@@ -74,12 +80,7 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 
     // Write through the store while stopped, as an operator changing policy would.
-    let store = gpuaas_store::Store::connect(
-        &format!("sqlite://{}?mode=rw", data_dir.join("gpuaas.db").display()),
-        &gpuaas_store::PoolSettings::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let store = open_embedded_store(&data_dir).await;
     gpuaas_policy::PolicyClient::new(store.clone(), Duration::ZERO)
         .set(gpuaas_policy::keys::OUTBOX_MAX_ATTEMPTS, &7)
         .await
@@ -91,12 +92,7 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
     assert_eq!(status, 200);
     let (exit, _) = terminate(child).await;
     assert!(exit.success());
-    let store = gpuaas_store::Store::connect(
-        &format!("sqlite://{}?mode=rw", data_dir.join("gpuaas.db").display()),
-        &gpuaas_store::PoolSettings::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let store = open_embedded_store(&data_dir).await;
     let kept =
         gpuaas_policy::PolicyClient::new(store, Duration::ZERO).get(gpuaas_policy::keys::OUTBOX_MAX_ATTEMPTS).await;
     assert_eq!(kept.ok(), Some(7), "data survived the restart");
