@@ -38,6 +38,10 @@ error_codes! {
     TokenMissing => ("token_missing", 401, "No bearer token was presented."),
     TokenExpired => ("token_expired", 401, "The bearer token has expired."),
     TokenInvalid => ("token_invalid", 401, "The bearer token failed verification."),
+    InvalidCredentials => ("invalid_credentials", 401, "The email and password, client credentials or refresh token were not accepted."),
+    OidcFlowInvalid => ("oidc_flow_invalid", 400, "The OIDC state, nonce or code did not match a flow this platform started."),
+    AccountDisabled => ("account_disabled", 403, "The account is disabled; an administrator can enable it again."),
+    FeatureDisabled => ("feature_disabled", 403, "This feature is switched off by policy or configuration."),
     Forbidden => ("forbidden", 403, "The caller lacks the permission this action needs."),
     NotFound => ("not_found", 404, "No such resource, or not visible to the caller."),
     RouteNotFound => ("route_not_found", 404, "No endpoint at this path."),
@@ -48,7 +52,9 @@ error_codes! {
     UnsupportedMediaType => ("unsupported_media_type", 415, "The body must be sent as application/json."),
     IdempotencyKeyReused => ("idempotency_key_reused", 422, "This idempotency key was already used with a different request."),
     RateLimited => ("rate_limited", 429, "Too many requests; retry after the time in Retry-After."),
+    AccountLocked => ("account_locked", 429, "Too many failed sign-ins for this account; retry after the time in Retry-After."),
     InternalError => ("internal_error", 500, "An unexpected error; the correlation id finds it in the logs."),
+    IdentityProviderError => ("identity_provider_error", 502, "The external identity provider failed or answered something unusable."),
     ServiceUnavailable => ("service_unavailable", 503, "A dependency is unavailable; `details.failing` names it."),
 }
 
