@@ -4,10 +4,12 @@
 //! This crate owns no tables and no business policy. It must never depend on another
 //! gpuaas crate, on a database, or on an HTTP framework: the node agent links it too.
 
+pub mod cursor;
 pub mod error;
 pub mod id;
 pub mod time;
 
+pub use cursor::{Cursor, PageError, page_limit};
 pub use error::{ErrCode, ErrorBody, ErrorResponse};
 pub use id::new_id;
 pub use time::Timestamp;
