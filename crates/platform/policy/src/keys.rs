@@ -13,6 +13,14 @@ pub const IDEMPOTENCY_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("idempotency.
 pub const IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS: PolicyKey<i64> =
     PolicyKey::new("idempotency.in_flight_timeout_seconds");
 pub const HTTP_MAX_BODY_BYTES: PolicyKey<i64> = PolicyKey::new("http.max_body_bytes");
+pub const AUTH_PERSONAL_LOGIN_ENABLED: PolicyKey<bool> = PolicyKey::new("auth.personal_login.enabled");
+pub const AUTH_ACCESS_TOKEN_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.access_token_ttl_seconds");
+pub const AUTH_REFRESH_TOKEN_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.refresh_token_ttl_seconds");
+pub const AUTH_SERVICE_ACCOUNT_TOKEN_TTL_SECONDS: PolicyKey<i64> =
+    PolicyKey::new("auth.service_account_token_ttl_seconds");
+pub const AUTH_LOCKOUT_MAX_FAILURES: PolicyKey<i64> = PolicyKey::new("auth.lockout.max_failures");
+pub const AUTH_LOCKOUT_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.lockout.seconds");
+pub const AUTH_OIDC_FLOW_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.oidc.flow_ttl_seconds");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -26,4 +34,12 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     IDEMPOTENCY_TTL_SECONDS,
     IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS,
     HTTP_MAX_BODY_BYTES,
+    AUTH_ACCESS_TOKEN_TTL_SECONDS,
+    AUTH_REFRESH_TOKEN_TTL_SECONDS,
+    AUTH_SERVICE_ACCOUNT_TOKEN_TTL_SECONDS,
+    AUTH_LOCKOUT_MAX_FAILURES,
+    AUTH_LOCKOUT_SECONDS,
+    AUTH_OIDC_FLOW_TTL_SECONDS,
 ];
+
+pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED];

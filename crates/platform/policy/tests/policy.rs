@@ -18,6 +18,9 @@ async fn every_key_is_seeded_and_typed(backend: Backend) {
         let value = policy.get(*key).await.unwrap_or_else(|e| panic!("{}: {e}", key.name));
         assert!(value >= 0, "{}", key.name);
     }
+    for key in keys::ALL_BOOL {
+        policy.get(*key).await.unwrap_or_else(|e| panic!("{}: {e}", key.name));
+    }
     assert_eq!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
 }
 
