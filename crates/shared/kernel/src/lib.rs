@@ -1,5 +1,6 @@
-//! Technical primitives every other crate speaks: identifiers, timestamps and the
-//! error envelope with its stable code catalog.
+//! Technical primitives every other crate speaks: identifiers (row ids and canonical
+//! resource ids), timestamps, pagination cursors and the error envelope with its stable
+//! code catalog.
 //!
 //! This crate owns no tables and no business policy. It must never depend on another
 //! gpuaas crate, on a database, or on an HTTP framework: the node agent links it too.
@@ -7,9 +8,11 @@
 pub mod cursor;
 pub mod error;
 pub mod id;
+pub mod resource_id;
 pub mod time;
 
 pub use cursor::{Cursor, PageError, page_limit};
 pub use error::{ErrCode, ErrorBody, ErrorResponse};
 pub use id::new_id;
+pub use resource_id::{ResourceId, ResourceIdError, ResourceIdFormat, ResourceType};
 pub use time::Timestamp;
