@@ -47,6 +47,38 @@ struct FileConfig {
     log_format: Option<String>,
     roles: Option<Vec<String>>,
     shutdown_grace_seconds: Option<u64>,
+    public_url: Option<String>,
+    oidc: Option<FileOidc>,
+}
+
+/// `[oidc]` in the TOML file. The client secret is only read from the environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOidc {
+    issuer_url: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    roles_claim: Option<String>,
+    scopes: Option<String>,
+}
+
+/// An external OIDC provider to sign in through.
+#[derive(Clone)]
+pub struct OidcSettings {
+    pub issuer_url: String,
+    pub client_id: String,
+    /// Secret: never printed.
+    pub client_secret: Option<String>,
+    pub redirect_uri: String,
+    pub roles_claim: String,
+    pub scopes: String,
+}
+
+/// The first administrator, when given by the operator. Secret: never printed.
+#[derive(Clone)]
+pub struct AdminBootstrap {
+    pub email: String,
+    pub password: String,
 }
 
 /// Values given on the command line (highest precedence).
@@ -71,6 +103,10 @@ pub struct Config {
     pub log_format: LogFormatSetting,
     pub roles: Vec<Role>,
     pub shutdown_grace_seconds: u64,
+    /// The platform's public base URL; the built-in issuer's `iss`.
+    pub public_url: String,
+    pub oidc: Option<OidcSettings>,
+    pub admin: Option<AdminBootstrap>,
 }
 
 impl std::fmt::Debug for Config {
@@ -85,6 +121,9 @@ impl std::fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .field("roles", &self.roles)
+            .field("public_url", &self.public_url)
+            .field("oidc_issuer", &self.oidc.as_ref().map(|o| o.issuer_url.as_str()))
+            .field("admin_email", &self.admin.as_ref().map(|a| a.email.as_str()))
             .finish()
     }
 }
@@ -226,6 +265,51 @@ impl Config {
             problems.push("shutdown_grace_seconds: at most 60".to_owned());
         }
 
+        let public_url = env_or(&["GPUAAS_PUBLIC_URL"])
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) || url::Url::parse(&public_url).is_err() {
+            problems.push(format!("public_url: {public_url:?} must be an http:// or https:// URL"));
+        }
+
+        let file_oidc = file.oidc.unwrap_or_default();
+        let oidc_issuer = env_or(&["GPUAAS_OIDC_ISSUER_URL"]).or(file_oidc.issuer_url);
+        let oidc = match oidc_issuer {
+            None => None,
+            Some(issuer_url) => {
+                if url::Url::parse(&issuer_url).is_err() {
+                    problems.push(format!("oidc.issuer_url: {issuer_url:?} is not a URL"));
+                }
+                let client_id = env_or(&["GPUAAS_OIDC_CLIENT_ID"]).or(file_oidc.client_id).unwrap_or_else(|| {
+                    problems.push("oidc.client_id: required when oidc.issuer_url is set".to_owned());
+                    String::new()
+                });
+                Some(OidcSettings {
+                    issuer_url,
+                    client_id,
+                    client_secret: env_or(&["GPUAAS_OIDC_CLIENT_SECRET"]),
+                    redirect_uri: env_or(&["GPUAAS_OIDC_REDIRECT_URI"])
+                        .or(file_oidc.redirect_uri)
+                        .unwrap_or_else(|| format!("{public_url}/auth/callback")),
+                    roles_claim: env_or(&["GPUAAS_OIDC_ROLES_CLAIM"])
+                        .or(file_oidc.roles_claim)
+                        .unwrap_or_else(|| "realm_access.roles".to_owned()),
+                    scopes: file_oidc.scopes.unwrap_or_else(|| "openid email profile".to_owned()),
+                })
+            }
+        };
+
+        let admin = match (env_or(&["GPUAAS_ADMIN_EMAIL"]), env_or(&["GPUAAS_ADMIN_PASSWORD"])) {
+            (Some(email), Some(password)) => Some(AdminBootstrap { email, password }),
+            (None, None) => None,
+            _ => {
+                problems.push("GPUAAS_ADMIN_EMAIL and GPUAAS_ADMIN_PASSWORD must be set together".to_owned());
+                None
+            }
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -240,6 +324,9 @@ impl Config {
             log_format,
             roles,
             shutdown_grace_seconds,
+            public_url,
+            oidc,
+            admin,
         })
     }
 
@@ -343,6 +430,14 @@ mod tests {
     }
 
     #[test]
+    fn admin_bootstrap_needs_both_values_and_oidc_needs_a_client() {
+        let env = [("GPUAAS_ADMIN_EMAIL", "root@example.com"), ("GPUAAS_OIDC_ISSUER_URL", "https://idp.example.com")];
+        let error = load(Mode::Embedded, &CliOverrides::default(), &env).err().unwrap_or_else(|| panic!("accepted"));
+        let text = error.to_string();
+        assert!(text.contains("GPUAAS_ADMIN_PASSWORD") && text.contains("oidc.client_id"), "{text}");
+    }
+
+    #[test]
     fn serve_requires_a_database_url() {
         let error = load(Mode::Production, &CliOverrides::default(), &[]).err().unwrap_or_else(|| panic!("accepted"));
         assert!(error.to_string().contains("DATABASE_URL"));
@@ -360,10 +455,19 @@ mod tests {
 
     #[test]
     fn debug_output_hides_credentials() {
-        let config = load(Mode::Production, &CliOverrides::default(), &[("DATABASE_URL", "postgres://u:hunter2@db/x")])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let env = [
+            ("DATABASE_URL", "postgres://u:hunter2@db/x"),
+            ("GPUAAS_ADMIN_EMAIL", "root@example.com"),
+            ("GPUAAS_ADMIN_PASSWORD", "admin-hunter3"),
+            ("GPUAAS_OIDC_ISSUER_URL", "https://idp.example.com/realms/x"),
+            ("GPUAAS_OIDC_CLIENT_ID", "gpuaas"),
+            ("GPUAAS_OIDC_CLIENT_SECRET", "oidc-hunter4"),
+        ];
+        let config = load(Mode::Production, &CliOverrides::default(), &env).unwrap_or_else(|e| panic!("{e}"));
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"));
+        assert!(!debug.contains("hunter3") && !debug.contains("hunter4"), "{debug}");
+        assert_eq!(config.oidc.as_ref().map(|o| o.redirect_uri.as_str()), Some("http://127.0.0.1:8080/auth/callback"));
         assert!(debug.contains("postgres://u:***@db/x"));
     }
 }

@@ -167,3 +167,18 @@ impl Iam {
         }
     }
 }
+
+impl Iam {
+    /// Creates a project in the caller's tenant; the caller administers it.
+    pub async fn create_project(&self, ctx: &AuthContext, name: &str, correlation_id: &str) -> Result<Project, IamError> {
+        if ctx.actor_type != ActorType::User {
+            return Err(IamError::Forbidden("service accounts cannot create projects".into()));
+        }
+        let mut tx = self.store().begin().await?;
+        let project = accounts::create_project(&mut tx, &ctx.tenant_id, name, &ctx.actor_id).await?;
+        gpuaas_audit::record(&mut tx, &crate::audit::by(ctx, "project.create", format!("project:{}", project.id), correlation_id))
+            .await?;
+        tx.commit().await?;
+        Ok(project)
+    }
+}

@@ -1,4 +1,11 @@
-//! The public HTTP surface: system routes, middleware stack, fallbacks.
+//! The public HTTP surface: the route table with each route's permission, the
+//! middleware stack, fallbacks and the system routes.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod projects;
+pub mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +15,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 use gpuaas_events::EventBus;
 use gpuaas_http::idempotency::{IdempotencySettings, IdempotencySettingsSource, IdempotencyState};
 use gpuaas_http::{ApiError, ApiJson};
@@ -19,6 +25,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use self::security::RouteTable;
+
 /// Everything a handler may reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -26,6 +34,7 @@ pub struct AppState {
     pub bus: Arc<dyn EventBus>,
     pub policy: PolicyClient,
     pub metrics: PrometheusHandle,
+    pub iam: gpuaas_iam::Iam,
 }
 
 /// Reads idempotency settings from policy on each use (the policy client caches).
@@ -54,24 +63,71 @@ pub async fn max_body_bytes(policy: &PolicyClient) -> Result<usize, gpuaas_polic
     })
 }
 
+/// Every public route with the permission it needs. The only place routes are added.
+pub fn route_table() -> RouteTable {
+    use axum::http::Method;
+    use gpuaas_iam::Permission::{AdminRead, AdminWrite, Authenticated, ProjectAdmin, ProjectRead, Public};
+    RouteTable::default()
+        .add(Method::GET, "/", Public, landing)
+        .add(Method::GET, "/metrics", Public, metrics)
+        .add(Method::GET, "/api/v1/healthz", Public, healthz)
+        .add(Method::GET, "/api/v1/readyz", Public, readyz)
+        .add(Method::GET, "/api/v1/buildinfo", Public, buildinfo)
+        .add(Method::GET, "/api/v1/openapi.json", Public, openapi_document)
+        .add(Method::GET, "/.well-known/openid-configuration", Public, auth::openid_configuration)
+        .add(Method::GET, "/api/v1/auth/jwks", Public, auth::jwks)
+        .add(Method::POST, "/api/v1/auth/personal/login", Public, auth::login)
+        .add(Method::POST, "/api/v1/auth/token/refresh", Public, auth::refresh)
+        .add(Method::POST, "/api/v1/auth/logout", Public, auth::logout)
+        .add(Method::GET, "/api/v1/auth/oidc/authorize", Public, auth::oidc_authorize)
+        .add(Method::POST, "/api/v1/auth/oidc/exchange", Public, auth::oidc_exchange)
+        .add(Method::POST, "/api/v1/auth/service-accounts/token", Public, auth::service_account_token)
+        .add(Method::GET, "/api/v1/users/me", Authenticated, projects::me)
+        .add(Method::GET, "/api/v1/projects", Authenticated, projects::list_projects)
+        .add(Method::POST, "/api/v1/projects", Authenticated, projects::create_project)
+        .add(Method::GET, "/api/v1/projects/{project_id}", ProjectRead, projects::get_project)
+        .add(Method::GET, "/api/v1/projects/{project_id}/service-accounts", ProjectAdmin, projects::list_service_accounts)
+        .add(Method::POST, "/api/v1/projects/{project_id}/service-accounts", ProjectAdmin, projects::create_service_account)
+        .add(
+            Method::POST,
+            "/api/v1/projects/{project_id}/service-accounts/{service_account_id}/rotate",
+            ProjectAdmin,
+            projects::rotate_service_account,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/projects/{project_id}/service-accounts/{service_account_id}/revoke",
+            ProjectAdmin,
+            projects::revoke_service_account,
+        )
+        .add(Method::GET, "/api/v1/admin/users", AdminRead, admin::list_users)
+        .add(Method::POST, "/api/v1/admin/users", AdminWrite, admin::create_user)
+        .add(Method::GET, "/api/v1/admin/users/{user_id}", AdminRead, admin::get_user)
+        .add(Method::POST, "/api/v1/admin/users/{user_id}/disable", AdminWrite, admin::disable_user)
+        .add(Method::POST, "/api/v1/admin/users/{user_id}/enable", AdminWrite, admin::enable_user)
+        .add(Method::POST, "/api/v1/admin/signing-keys/rotate", AdminWrite, admin::rotate_signing_key)
+        .add(Method::GET, "/api/v1/admin/audit-logs", AdminRead, admin::audit_logs)
+        .add(Method::GET, "/api/v1/admin/audit-logs/export", AdminRead, admin::export_audit_logs)
+}
+
 /// Builds the whole router. `extra` lets tests mount routes under the same stack.
 pub async fn router(state: AppState, extra: Router<AppState>) -> Result<Router, gpuaas_policy::PolicyError> {
     let body_limit = max_body_bytes(&state.policy).await?;
     let idempotency =
         IdempotencyState { store: state.store.clone(), settings: Arc::new(PolicyIdempotency(state.policy.clone())) };
-    let api = Router::new()
-        .route("/api/v1/healthz", get(healthz))
-        .route("/api/v1/readyz", get(readyz))
-        .route("/api/v1/buildinfo", get(buildinfo))
-        .route("/api/v1/openapi.json", get(openapi_document))
-        .route("/metrics", get(metrics))
-        .route("/", get(landing))
+    let api = route_table()
+        .into_router()
         .merge(extra)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state.clone());
+    // Outermost first on the way in: correlation id, envelope guard, body limit, no
+    // credentials in URLs, authentication (sets the principal), idempotency (keyed by
+    // that principal), then the per-route permission guard.
     Ok(api
         .layer(axum::middleware::from_fn_with_state(idempotency, gpuaas_http::idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(state, security::authenticate))
+        .layer(axum::middleware::from_fn(security::refuse_credentials_in_url))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(gpuaas_http::error::envelope_guard))
         .layer(axum::middleware::from_fn(gpuaas_http::correlation::layer)))
