@@ -13,6 +13,14 @@ pub const IDEMPOTENCY_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("idempotency.
 pub const IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS: PolicyKey<i64> =
     PolicyKey::new("idempotency.in_flight_timeout_seconds");
 pub const HTTP_MAX_BODY_BYTES: PolicyKey<i64> = PolicyKey::new("http.max_body_bytes");
+pub const RATELIMIT_AUTH_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.auth.burst");
+pub const RATELIMIT_AUTH_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.auth.per_minute");
+pub const RATELIMIT_READ_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.read.burst");
+pub const RATELIMIT_READ_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.read.per_minute");
+pub const RATELIMIT_WRITE_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.write.burst");
+pub const RATELIMIT_WRITE_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.write.per_minute");
+pub const RATELIMIT_ADMIN_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.burst");
+pub const RATELIMIT_ADMIN_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.per_minute");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -26,4 +34,12 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     IDEMPOTENCY_TTL_SECONDS,
     IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS,
     HTTP_MAX_BODY_BYTES,
+    RATELIMIT_AUTH_BURST,
+    RATELIMIT_AUTH_PER_MINUTE,
+    RATELIMIT_READ_BURST,
+    RATELIMIT_READ_PER_MINUTE,
+    RATELIMIT_WRITE_BURST,
+    RATELIMIT_WRITE_PER_MINUTE,
+    RATELIMIT_ADMIN_BURST,
+    RATELIMIT_ADMIN_PER_MINUTE,
 ];

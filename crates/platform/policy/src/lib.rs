@@ -18,12 +18,20 @@ use tokio::sync::Mutex;
 
 pub mod keys;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112301,
-    name: "policy_values",
-    sqlite: include_str!("../migrations/2026112301_policy_values.sql"),
-    postgres: include_str!("../migrations/2026112301_policy_values.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112301,
+        name: "policy_values",
+        sqlite: include_str!("../migrations/2026112301_policy_values.sql"),
+        postgres: include_str!("../migrations/2026112301_policy_values.sql"),
+    },
+    Migration {
+        version: 2026112305,
+        name: "ratelimit_policy",
+        sqlite: include_str!("../migrations/2026112305_ratelimit_policy.sql"),
+        postgres: include_str!("../migrations/2026112305_ratelimit_policy.sql"),
+    },
+];
 
 /// A named policy value of type `T` (stored as JSON text).
 #[derive(Debug)]
