@@ -21,6 +21,14 @@ pub const AUTH_SERVICE_ACCOUNT_TOKEN_TTL_SECONDS: PolicyKey<i64> =
 pub const AUTH_LOCKOUT_MAX_FAILURES: PolicyKey<i64> = PolicyKey::new("auth.lockout.max_failures");
 pub const AUTH_LOCKOUT_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.lockout.seconds");
 pub const AUTH_OIDC_FLOW_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("auth.oidc.flow_ttl_seconds");
+pub const RATELIMIT_AUTH_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.auth.burst");
+pub const RATELIMIT_AUTH_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.auth.per_minute");
+pub const RATELIMIT_READ_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.read.burst");
+pub const RATELIMIT_READ_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.read.per_minute");
+pub const RATELIMIT_WRITE_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.write.burst");
+pub const RATELIMIT_WRITE_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.write.per_minute");
+pub const RATELIMIT_ADMIN_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.burst");
+pub const RATELIMIT_ADMIN_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.per_minute");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -40,6 +48,14 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     AUTH_LOCKOUT_MAX_FAILURES,
     AUTH_LOCKOUT_SECONDS,
     AUTH_OIDC_FLOW_TTL_SECONDS,
+    RATELIMIT_AUTH_BURST,
+    RATELIMIT_AUTH_PER_MINUTE,
+    RATELIMIT_READ_BURST,
+    RATELIMIT_READ_PER_MINUTE,
+    RATELIMIT_WRITE_BURST,
+    RATELIMIT_WRITE_PER_MINUTE,
+    RATELIMIT_ADMIN_BURST,
+    RATELIMIT_ADMIN_PER_MINUTE,
 ];
 
 pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED];

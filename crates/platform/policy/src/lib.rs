@@ -26,6 +26,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/2026112301_policy_values.sql"),
     },
     Migration {
+        version: 2026112305,
+        name: "ratelimit_policy",
+        sqlite: include_str!("../migrations/2026112305_ratelimit_policy.sql"),
+        postgres: include_str!("../migrations/2026112305_ratelimit_policy.sql"),
+    },
+    Migration {
         version: 2026112306,
         name: "auth_policy",
         sqlite: include_str!("../migrations/2026112306_auth_policy.sql"),

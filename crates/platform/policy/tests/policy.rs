@@ -22,6 +22,8 @@ async fn every_key_is_seeded_and_typed(backend: Backend) {
         policy.get(*key).await.unwrap_or_else(|e| panic!("{}: {e}", key.name));
     }
     assert_eq!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
+    assert_eq!(policy.get(keys::RATELIMIT_AUTH_BURST).await.unwrap_or_default(), 20);
+    assert_eq!(policy.get(keys::RATELIMIT_READ_PER_MINUTE).await.unwrap_or_default(), 600);
 }
 
 async fn cached_values_expire_and_writes_invalidate(backend: Backend) {

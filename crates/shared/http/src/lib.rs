@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by every route: the error type mapped once to the envelope, the
 //! JSON extractor that names bad input, correlation ids, request metrics and tracing,
-//! and the idempotency middleware.
+//! the idempotency middleware and per-principal rate limiting.
 //!
 //! Handlers stay thin: parse with [`ApiJson`], call the domain, return `Result<_, ApiError>`.
 //! This crate owns `idempotency_keys`; it must never hold business rules.
@@ -10,6 +10,7 @@ pub mod error;
 pub mod idempotency;
 pub mod json;
 pub mod principal;
+pub mod ratelimit;
 
 pub use correlation::{CorrelationId, current_correlation_id};
 pub use error::ApiError;

@@ -1,4 +1,5 @@
-//! Test support for gpuaas: throwaway databases and `nats-server` processes.
+//! Test support for gpuaas: throwaway databases, `nats-server` and `redis-server`
+//! processes.
 //!
 //! What this crate owns:
 //! - [`TestDatabase`]: a fresh, empty database per test, either a SQLite file in
@@ -6,6 +7,8 @@
 //!   `./scripts/test` starts (found through `GPUAAS_TEST_POSTGRES_URL`).
 //! - [`NatsServer`]: a real `nats-server` with JetStream on a free loopback
 //!   port, its store in a temp dir, that a test can stop and restart.
+//! - [`RedisServer`]: a real `redis-server` without persistence on a free
+//!   loopback port, that a test can stop and restart.
 //! - [`both_backends!`]: runs one async test body against SQLite and PostgreSQL.
 //!
 //! What it must never do:
@@ -31,10 +34,15 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+mod redis_server;
+pub use redis_server::RedisServer;
+
 /// Environment variable holding the admin URL of the throwaway PostgreSQL server.
 pub const POSTGRES_URL_ENV: &str = "GPUAAS_TEST_POSTGRES_URL";
 /// Environment variable holding the absolute path of the `nats-server` binary.
 pub const NATS_SERVER_BIN_ENV: &str = "GPUAAS_NATS_SERVER_BIN";
+/// Environment variable holding the absolute path of the `redis-server` binary.
+pub const REDIS_SERVER_BIN_ENV: &str = "GPUAAS_REDIS_SERVER_BIN";
 
 /// How long a `nats-server` gets to start accepting connections or to exit.
 const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -386,25 +394,30 @@ fn log_tail(path: &Path) -> String {
 
 /// Finds the `nats-server` binary: `GPUAAS_NATS_SERVER_BIN`, else PATH.
 fn nats_server_bin() -> PathBuf {
-    if let Some(value) = std::env::var_os(NATS_SERVER_BIN_ENV).filter(|v| !v.is_empty()) {
+    server_bin(NATS_SERVER_BIN_ENV, "nats-server")
+}
+
+/// Finds a server binary: the path in `env`, else `name` on PATH.
+fn server_bin(env: &str, name: &str) -> PathBuf {
+    if let Some(value) = std::env::var_os(env).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(value);
         if !path.is_file() {
             panic!(
-                "testkit: {NATS_SERVER_BIN_ENV}={} is not a file. Run the tests through \
-                 `./scripts/test`, which installs nats-server and sets {NATS_SERVER_BIN_ENV}.",
+                "testkit: {env}={} is not a file. Run the tests through \
+                 `./scripts/test`, which installs {name} and sets {env}.",
                 path.display()
             );
         }
         return path;
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join("nats-server")).find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
     });
     on_path.unwrap_or_else(|| {
         panic!(
-            "testkit: no nats-server binary: {NATS_SERVER_BIN_ENV} is unset and nats-server is \
-             not on PATH. Run the tests through `./scripts/test`, which installs nats-server \
-             and sets {NATS_SERVER_BIN_ENV}."
+            "testkit: no {name} binary: {env} is unset and {name} is \
+             not on PATH. Run the tests through `./scripts/test`, which installs {name} \
+             and sets {env}."
         )
     })
 }
