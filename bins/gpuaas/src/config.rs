@@ -270,7 +270,9 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
-        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) || url::Url::parse(&public_url).is_err() {
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://"))
+            || url::Url::parse(&public_url).is_err()
+        {
             problems.push(format!("public_url: {public_url:?} must be an http:// or https:// URL"));
         }
 

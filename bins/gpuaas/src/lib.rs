@@ -14,9 +14,16 @@ use gpuaas_store::Migration;
 
 /// Every migration the binary knows, across all crates it links.
 pub fn migrations() -> Vec<Migration> {
-    [gpuaas_policy::MIGRATIONS, gpuaas_events::MIGRATIONS, gpuaas_outbox::MIGRATIONS, gpuaas_http::MIGRATIONS]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect()
+    [
+        gpuaas_policy::MIGRATIONS,
+        gpuaas_events::MIGRATIONS,
+        gpuaas_outbox::MIGRATIONS,
+        gpuaas_http::MIGRATIONS,
+        gpuaas_audit::MIGRATIONS,
+        gpuaas_iam::MIGRATIONS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
 }

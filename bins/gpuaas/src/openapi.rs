@@ -11,11 +11,58 @@ use utoipa::OpenApi;
         crate::api::buildinfo,
         crate::api::openapi_document,
         crate::api::metrics,
+        crate::api::landing,
+        crate::api::auth::openid_configuration,
+        crate::api::auth::jwks,
+        crate::api::auth::login,
+        crate::api::auth::refresh,
+        crate::api::auth::logout,
+        crate::api::auth::oidc_authorize,
+        crate::api::auth::oidc_exchange,
+        crate::api::auth::service_account_token,
+        crate::api::projects::me,
+        crate::api::projects::list_projects,
+        crate::api::projects::create_project,
+        crate::api::projects::get_project,
+        crate::api::projects::list_service_accounts,
+        crate::api::projects::create_service_account,
+        crate::api::projects::rotate_service_account,
+        crate::api::projects::revoke_service_account,
+        crate::api::admin::list_users,
+        crate::api::admin::create_user,
+        crate::api::admin::get_user,
+        crate::api::admin::disable_user,
+        crate::api::admin::enable_user,
+        crate::api::admin::rotate_signing_key,
+        crate::api::admin::audit_logs,
+        crate::api::admin::export_audit_logs,
     ),
     components(schemas(gpuaas_kernel::ErrorResponse, gpuaas_kernel::ErrorBody, gpuaas_kernel::ErrCode)),
-    tags((name = "system", description = "Health, readiness, build and contract"))
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "Health, readiness, build and contract"),
+        (name = "auth", description = "Sign-in, tokens, OIDC and the built-in issuer"),
+        (name = "users", description = "The signed-in user"),
+        (name = "projects", description = "Projects the caller belongs to"),
+        (name = "service-accounts", description = "Machine identities of a project"),
+        (name = "admin", description = "Operator endpoints: users, audit, signing keys"),
+    )
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the protected operations reference.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
 
 /// The document as pretty JSON with a trailing newline, exactly as committed under
 /// `docs/api/openapi.json`.

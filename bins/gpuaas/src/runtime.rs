@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
 use crate::config::{Config, Mode, Role, redact_url};
+use gpuaas_http::ratelimit::{InProcessLimiter, RateLimiter, RedisLimiter};
+use gpuaas_iam::{Iam, IamConfig, OidcConfig};
 
 /// Connected engines, before any role runs.
 pub struct Platform {
@@ -23,6 +25,8 @@ pub struct Platform {
     pub store: Store,
     pub bus: Arc<dyn EventBus>,
     pub policy: PolicyClient,
+    pub iam: Iam,
+    pub rate_limiter: Arc<dyn RateLimiter>,
 }
 
 impl Platform {
@@ -54,22 +58,32 @@ impl Platform {
             None => Arc::new(EmbeddedBus::new(store.clone())),
         };
         let policy = PolicyClient::new(store.clone(), PolicyClient::DEFAULT_CACHE_TTL);
-        Ok(Self { config, store, bus, policy })
+        let iam = Iam::new(store.clone(), policy.clone(), iam_config(&config), reqwest::Client::new());
+        let rate_limiter: Arc<dyn RateLimiter> = match (&config.mode, &config.redis_url) {
+            (Mode::Production, Some(url)) => Arc::new(
+                RedisLimiter::connect(url).await.with_context(|| format!("rate-limit store {}", redact_url(url)))?,
+            ),
+            _ => Arc::new(InProcessLimiter::new()),
+        };
+        Ok(Self { config, store, bus, policy, iam, rate_limiter })
     }
 }
 
 /// Runs the configured roles until `shutdown` fires, then drains and returns.
 pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Platform { config, store, bus, policy } = platform;
+    let Platform { config, store, bus, policy, iam, rate_limiter } = platform;
     let mut tasks = JoinSet::new();
     let stop = shutdown.child_token();
 
     if config.runs(Role::Api) {
+        bootstrap_admin(&config, &iam).await?;
         let state = AppState {
             store: store.clone(),
             bus: bus.clone(),
             policy: policy.clone(),
             metrics: gpuaas_telemetry::metrics_handle(),
+            iam: iam.clone(),
+            rate_limiter,
         };
         let app = router(state, axum::Router::new()).await?;
         let listener =
@@ -79,7 +93,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         tracing::info!(%address, mode = ?config.mode, database = store.dialect().name(), bus = bus.name(), "api listening");
         let stop = stop.clone();
         tasks.spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
                 .context("http server")
@@ -131,6 +145,76 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+pub fn iam_config(config: &Config) -> IamConfig {
+    IamConfig {
+        issuer_url: config.public_url.clone(),
+        audience: IAM_AUDIENCE.to_owned(),
+        oidc: config.oidc.as_ref().map(|oidc| OidcConfig {
+            issuer_url: oidc.issuer_url.clone(),
+            client_id: oidc.client_id.clone(),
+            client_secret: oidc.client_secret.clone(),
+            redirect_uri: oidc.redirect_uri.clone(),
+            roles_claim: oidc.roles_claim.clone(),
+            scopes: oidc.scopes.clone(),
+        }),
+    }
+}
+
+/// `aud` of the platform's own access tokens.
+pub const IAM_AUDIENCE: &str = "gpuaas";
+/// Where a generated first-admin password is written, inside the data dir.
+pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials";
+const GENERATED_ADMIN_EMAIL: &str = "admin@gpuaas.local";
+
+/// Makes sure an administrator exists. The operator's GPUAAS_ADMIN_EMAIL and
+/// GPUAAS_ADMIN_PASSWORD are used when set; otherwise a password is generated, printed
+/// once and written to `<data-dir>/admin-credentials` (mode 0600).
+async fn bootstrap_admin(config: &Config, iam: &Iam) -> anyhow::Result<()> {
+    let (email, password, generated) = match &config.admin {
+        Some(admin) => (admin.email.clone(), admin.password.clone(), false),
+        None => (GENERATED_ADMIN_EMAIL.to_owned(), generate_password(), true),
+    };
+    let Some(user) = iam.bootstrap_admin(&email, &password).await.context("creating the first administrator")? else {
+        return Ok(());
+    };
+    if generated {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let path = config.data_dir.join(ADMIN_CREDENTIALS_FILE);
+        write_private_file(&path, &format!("email={email}\npassword={password}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("created administrator {email} with password {password}");
+        println!("(shown once; also saved to {} with mode 0600)", path.display());
+    } else {
+        println!("created administrator {email}");
+    }
+    tracing::info!(user_id = %user.id, email = %user.email, "first administrator created");
+    Ok(())
+}
+
+fn generate_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString as _};
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}
+
+fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents.as_bytes())
 }
 
 pub async fn relay_settings(policy: &PolicyClient) -> Result<RelaySettings, PolicyError> {

@@ -83,7 +83,14 @@ pub async fn create_user(
     };
     let user = state
         .iam
-        .admin_create_user(&ctx, &body.email, body.display_name.as_deref(), &body.password, role, &current_correlation_id())
+        .admin_create_user(
+            &ctx,
+            &body.email,
+            body.display_name.as_deref(),
+            &body.password,
+            role,
+            &current_correlation_id(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -139,8 +146,10 @@ pub struct AuditQuery {
 }
 
 fn timestamp(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
-    text.map(|text| Timestamp::parse_rfc3339(text).map_err(|_| ApiError::invalid_field(field, "must be an RFC 3339 time")))
-        .transpose()
+    text.map(|text| {
+        Timestamp::parse_rfc3339(text).map_err(|_| ApiError::invalid_field(field, "must be an RFC 3339 time"))
+    })
+    .transpose()
 }
 
 fn audit_filter(query: &AuditQuery) -> Result<AuditFilter, ApiError> {
@@ -156,7 +165,10 @@ fn audit_filter(query: &AuditQuery) -> Result<AuditFilter, ApiError> {
 /// Audit log, newest first, filtered by actor, target, action and time range.
 #[utoipa::path(get, path = "/api/v1/admin/audit-logs", tag = "admin", security(("bearer" = [])), params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = gpuaas_kernel::ErrorResponse)))]
-pub async fn audit_logs(State(state): State<AppState>, Query(query): Query<AuditQuery>) -> HandlerResult<Json<AuditPage>> {
+pub async fn audit_logs(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> HandlerResult<Json<AuditPage>> {
     let filter = audit_filter(&query)?;
     let limit = gpuaas_kernel::page_limit(query.limit).map_err(IamError::from)?;
     Ok(Json(gpuaas_audit::list(&state.store, &filter, query.cursor.as_deref(), limit).await?))
@@ -165,10 +177,15 @@ pub async fn audit_logs(State(state): State<AppState>, Query(query): Query<Audit
 /// The same audit rows as CSV, streamed.
 #[utoipa::path(get, path = "/api/v1/admin/audit-logs/export", tag = "admin", security(("bearer" = [])), params(AuditQuery),
     responses((status = 200, description = "CSV", content_type = "text/csv"), (status = 400, body = gpuaas_kernel::ErrorResponse)))]
-pub async fn export_audit_logs(State(state): State<AppState>, Query(query): Query<AuditQuery>) -> HandlerResult<Response> {
+pub async fn export_audit_logs(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> HandlerResult<Response> {
     let filter = audit_filter(&query)?;
     if query.cursor.is_some() || query.limit.is_some() {
-        return Err(ApiError::invalid_field("cursor", "the export streams every matching row; drop cursor and limit").into());
+        return Err(
+            ApiError::invalid_field("cursor", "the export streams every matching row; drop cursor and limit").into()
+        );
     }
     // Validate before streaming: once the 200 is sent an error can only cut the body.
     filter.validate()?;

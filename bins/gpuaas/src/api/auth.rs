@@ -58,7 +58,10 @@ pub struct ServiceAccountTokenRequest {
     (status = 403, body = gpuaas_kernel::ErrorResponse, description = "`account_disabled` or `feature_disabled`"),
     (status = 429, body = gpuaas_kernel::ErrorResponse, description = "`account_locked`, with Retry-After"),
 ))]
-pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginRequest>) -> HandlerResult<Json<SessionTokens>> {
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> HandlerResult<Json<SessionTokens>> {
     Ok(Json(state.iam.login(&body.email, &body.password, &current_correlation_id()).await?))
 }
 
@@ -67,7 +70,10 @@ pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginRe
     (status = 200, body = SessionTokens),
     (status = 401, body = gpuaas_kernel::ErrorResponse, description = "`invalid_credentials`: unknown, expired or revoked"),
 ))]
-pub async fn refresh(State(state): State<AppState>, ApiJson(body): ApiJson<RefreshRequest>) -> HandlerResult<Json<SessionTokens>> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> HandlerResult<Json<SessionTokens>> {
     Ok(Json(state.iam.refresh(&body.refresh_token, &current_correlation_id()).await?))
 }
 
@@ -76,7 +82,10 @@ pub async fn refresh(State(state): State<AppState>, ApiJson(body): ApiJson<Refre
     (status = 204, description = "Revoked"),
     (status = 401, body = gpuaas_kernel::ErrorResponse, description = "`invalid_credentials`: unknown or already revoked"),
 ))]
-pub async fn logout(State(state): State<AppState>, ApiJson(body): ApiJson<RefreshRequest>) -> HandlerResult<StatusCode> {
+pub async fn logout(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> HandlerResult<StatusCode> {
     state.iam.logout(&body.refresh_token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -102,7 +111,10 @@ pub async fn oidc_authorize(State(state): State<AppState>) -> HandlerResult<Resp
     (status = 400, body = gpuaas_kernel::ErrorResponse, description = "`oidc_flow_invalid`: state or nonce mismatch, code refused"),
     (status = 401, body = gpuaas_kernel::ErrorResponse, description = "`token_invalid`: the ID token failed verification"),
 ))]
-pub async fn oidc_exchange(State(state): State<AppState>, ApiJson(body): ApiJson<OidcExchangeRequest>) -> HandlerResult<Json<SessionTokens>> {
+pub async fn oidc_exchange(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<OidcExchangeRequest>,
+) -> HandlerResult<Json<SessionTokens>> {
     Ok(Json(state.iam.oidc_exchange(&body.code, &body.state, &current_correlation_id()).await?))
 }
 

@@ -17,6 +17,9 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use gpuaas_events::EventBus;
 use gpuaas_http::idempotency::{IdempotencySettings, IdempotencySettingsSource, IdempotencyState};
+use gpuaas_http::ratelimit::{
+    BucketLimit, RateLimitSettings, RateLimitSettingsSource, RateLimitState, RateLimiter, RouteClass,
+};
 use gpuaas_http::{ApiError, ApiJson};
 use gpuaas_kernel::ErrCode;
 use gpuaas_policy::{PolicyClient, keys};
@@ -35,6 +38,30 @@ pub struct AppState {
     pub policy: PolicyClient,
     pub metrics: PrometheusHandle,
     pub iam: gpuaas_iam::Iam,
+    /// In-process for `up`, Redis for `serve` when REDIS_URL is set.
+    pub rate_limiter: Arc<dyn RateLimiter>,
+}
+
+/// Reads per-class bucket limits from policy (the policy client caches). A policy read
+/// failure falls back to the seeded defaults rather than failing the request.
+struct PolicyRateLimits(PolicyClient);
+
+#[async_trait]
+impl RateLimitSettingsSource for PolicyRateLimits {
+    async fn limit_for(&self, class: RouteClass) -> BucketLimit {
+        let (burst, per_minute) = match class {
+            RouteClass::Auth => (keys::RATELIMIT_AUTH_BURST, keys::RATELIMIT_AUTH_PER_MINUTE),
+            RouteClass::Read => (keys::RATELIMIT_READ_BURST, keys::RATELIMIT_READ_PER_MINUTE),
+            RouteClass::Write => (keys::RATELIMIT_WRITE_BURST, keys::RATELIMIT_WRITE_PER_MINUTE),
+            RouteClass::Admin => (keys::RATELIMIT_ADMIN_BURST, keys::RATELIMIT_ADMIN_PER_MINUTE),
+        };
+        let fallback = RateLimitSettings::default().for_class(class);
+        let read = |key| async move { self.0.get(key).await.ok().and_then(|value: i64| u32::try_from(value).ok()) };
+        BucketLimit {
+            burst: read(burst).await.unwrap_or(fallback.burst),
+            per_minute: read(per_minute).await.unwrap_or(fallback.per_minute),
+        }
+    }
 }
 
 /// Reads idempotency settings from policy on each use (the policy client caches).
@@ -86,8 +113,18 @@ pub fn route_table() -> RouteTable {
         .add(Method::GET, "/api/v1/projects", Authenticated, projects::list_projects)
         .add(Method::POST, "/api/v1/projects", Authenticated, projects::create_project)
         .add(Method::GET, "/api/v1/projects/{project_id}", ProjectRead, projects::get_project)
-        .add(Method::GET, "/api/v1/projects/{project_id}/service-accounts", ProjectAdmin, projects::list_service_accounts)
-        .add(Method::POST, "/api/v1/projects/{project_id}/service-accounts", ProjectAdmin, projects::create_service_account)
+        .add(
+            Method::GET,
+            "/api/v1/projects/{project_id}/service-accounts",
+            ProjectAdmin,
+            projects::list_service_accounts,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/projects/{project_id}/service-accounts",
+            ProjectAdmin,
+            projects::create_service_account,
+        )
         .add(
             Method::POST,
             "/api/v1/projects/{project_id}/service-accounts/{service_account_id}/rotate",
@@ -122,10 +159,15 @@ pub async fn router(state: AppState, extra: Router<AppState>) -> Result<Router, 
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     // Outermost first on the way in: correlation id, envelope guard, body limit, no
-    // credentials in URLs, authentication (sets the principal), idempotency (keyed by
-    // that principal), then the per-route permission guard.
+    // credentials in URLs, authentication (sets the principal), rate limit and
+    // idempotency (both keyed by that principal), then the per-route permission guard.
+    let rate_limits = RateLimitState {
+        limiter: state.rate_limiter.clone(),
+        settings: Arc::new(PolicyRateLimits(state.policy.clone())),
+    };
     Ok(api
         .layer(axum::middleware::from_fn_with_state(idempotency, gpuaas_http::idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(rate_limits, gpuaas_http::ratelimit::layer))
         .layer(axum::middleware::from_fn_with_state(state, security::authenticate))
         .layer(axum::middleware::from_fn(security::refuse_credentials_in_url))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -253,7 +295,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-async fn landing() -> Html<&'static str> {
+/// A minimal landing page pointing at the API and its contract.
+#[utoipa::path(get, path = "/", tag = "system", responses((status = 200, description = "HTML", content_type = "text/html")))]
+pub async fn landing() -> Html<&'static str> {
     Html(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gpuaas</title></head>\
          <body><main><h1>gpuaas control plane</h1><p>The API is served under <code>/api/v1</code>; \

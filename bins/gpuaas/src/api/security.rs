@@ -43,8 +43,10 @@ impl RouteTable {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        let guarded = on(filter, handler)
-            .route_layer(axum::middleware::from_fn(move |request: Request, next: Next| require(permission, request, next)));
+        let guarded =
+            on(filter, handler).route_layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+                require(permission, request, next)
+            }));
         let entry = self.routers.remove(path).map_or(guarded.clone(), |existing| existing.merge(guarded));
         self.routers.insert(path, entry);
         self.specs.push(RouteSpec { method, path, permission });
@@ -75,7 +77,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let header_value = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
     let outcome = match header_value {
         None => Authentication::Anonymous,
-        Some(Err(_)) => Authentication::Failed(ErrCode::TokenInvalid, "the Authorization header is not readable".into()),
+        Some(Err(_)) => {
+            Authentication::Failed(ErrCode::TokenInvalid, "the Authorization header is not readable".into())
+        }
         Some(Ok(value)) => match value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
             None => Authentication::Failed(ErrCode::TokenInvalid, "use the Bearer authorization scheme".into()),
             Some(token) => match state.iam.authenticate(token.trim()).await {

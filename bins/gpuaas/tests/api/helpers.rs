@@ -1,33 +1,27 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use gpuaas::api::{AppState, echo_routes, router};
 use gpuaas_events::{EmbeddedBus, EventBus};
-use gpuaas_http::Principal;
+use gpuaas_http::ratelimit::InProcessLimiter;
+use gpuaas_iam::{GlobalRole, Iam, IamConfig, NewUser};
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{PoolSettings, Store};
 use gpuaas_testkit::{Backend, TestDatabase};
+use tokio::sync::Mutex;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const ADMIN_EMAIL: &str = "root@test.local";
 
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Store,
     pub policy: PolicyClient,
+    tokens: Mutex<HashMap<String, String>>,
     _database: TestDatabase,
-}
-
-/// Stands in for the authentication layer (a later milestone): tells the stack who the
-/// caller is so per-principal behaviour can be exercised.
-async fn test_principal(mut request: Request, next: Next) -> Response {
-    let principal = request.headers().get("x-test-principal").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(id) = principal {
-        request.extensions_mut().insert(Principal { id });
-    }
-    next.run(request).await
 }
 
 impl TestApp {
@@ -41,22 +35,90 @@ impl TestApp {
         store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
         let bus: Arc<dyn EventBus> = Arc::new(EmbeddedBus::new(store.clone()));
         let policy = PolicyClient::new(store.clone(), Duration::from_millis(0));
-        let state =
-            AppState { store: store.clone(), bus, policy: policy.clone(), metrics: gpuaas_telemetry::metrics_handle() };
-        let app = router(state, echo_routes().merge(extra))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .layer(axum::middleware::from_fn(test_principal));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
         let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let base = format!("http://{address}");
+        let iam = Iam::new(
+            store.clone(),
+            policy.clone(),
+            IamConfig { issuer_url: base.clone(), audience: gpuaas::runtime::IAM_AUDIENCE.into(), oidc: None },
+            reqwest::Client::new(),
+        );
+        iam.bootstrap_admin(ADMIN_EMAIL, PASSWORD).await.unwrap_or_else(|e| panic!("{e}"));
+        let state = AppState {
+            store: store.clone(),
+            bus,
+            policy: policy.clone(),
+            metrics: gpuaas_telemetry::metrics_handle(),
+            iam,
+            rate_limiter: Arc::new(InProcessLimiter::new()),
+        };
+        let app = router(state, echo_routes().merge(extra)).await.unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
         });
-        Self { base: format!("http://{address}"), client: reqwest::Client::new(), store, policy, _database: database }
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            policy,
+            tokens: Mutex::new(HashMap::new()),
+            _database: database,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Creates a local user straight in the store (with their own tenant and project).
+    pub async fn create_user(&self, email: &str, role: GlobalRole) {
+        let hash = gpuaas_iam::password::hash(PASSWORD.into()).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut tx = self.store.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        gpuaas_iam::accounts::create_user(
+            &mut tx,
+            NewUser { email: email.into(), display_name: email.into(), password_hash: Some(hash), role, oidc: None },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Signs in over HTTP and returns the whole token answer.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/auth/personal/login"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An access token for `name` (a user `name@test.local`, created on first use).
+    pub async fn token_for(&self, name: &str) -> String {
+        let name = name.trim_start_matches("user:");
+        let mut tokens = self.tokens.lock().await;
+        if let Some(token) = tokens.get(name) {
+            return token.clone();
+        }
+        let email = if name == "admin" { ADMIN_EMAIL.to_owned() } else { format!("{name}@test.local") };
+        if name != "admin" {
+            self.create_user(&email, GlobalRole::User).await;
+        }
+        let response = self.login(&email, PASSWORD).await;
+        assert_eq!(response.status().as_u16(), 200, "login of {email}");
+        let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+        let token = body["access_token"].as_str().unwrap_or_else(|| panic!("no token in {body}")).to_owned();
+        tokens.insert(name.to_owned(), token.clone());
+        token
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -73,5 +135,12 @@ pub async fn envelope(response: reqwest::Response, status: u16, code: &str) -> s
     assert!(error["details"].is_object(), "{body}");
     assert_eq!(error["correlation_id"].as_str(), header_id.as_deref(), "{body}");
     assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    body
+}
+
+pub async fn json(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let actual = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(actual, status, "{body}");
     body
 }

@@ -25,7 +25,7 @@ async fn post_echo(app: &TestApp, key: &str, principal: &str, body: serde_json::
     app.client
         .post(app.url("/api/v1/test/echo"))
         .header("x-idempotency-key", key)
-        .header("x-test-principal", principal)
+        .bearer_auth(app.token_for(principal).await)
         .json(&body)
         .send()
         .await
@@ -69,12 +69,9 @@ async fn keys_are_scoped_per_principal(backend: Backend) {
 
 async fn key_in_flight_is_409(backend: Backend) {
     let app = TestApp::spawn_with(backend, slow_route()).await;
+    let alice = app.token_for("user:alice").await;
     let send = || {
-        app.client
-            .post(app.url("/api/v1/test/slow"))
-            .header("x-idempotency-key", "slow-1")
-            .header("x-test-principal", "user:alice")
-            .send()
+        app.client.post(app.url("/api/v1/test/slow")).header("x-idempotency-key", "slow-1").bearer_auth(&alice).send()
     };
     let first = send();
     let second = async {

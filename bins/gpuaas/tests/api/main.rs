@@ -1,5 +1,9 @@
 //! The real HTTP API, served on a loopback port, against both databases.
 
+mod access;
+mod admin;
+mod auth;
 mod helpers;
 mod idempotency;
+mod ratelimit;
 mod system;
