@@ -46,6 +46,28 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Sign in to a platform and keep the session in the user's config dir.
+    Login {
+        /// Platform URL.
+        #[arg(long, env = "GPUAAS_URL", default_value = crate::client::DEFAULT_URL)]
+        url: String,
+        /// Email of a local account (the password comes from GPUAAS_PASSWORD or stdin).
+        #[arg(long)]
+        email: Option<String>,
+        /// Sign in through the platform's external OIDC provider instead.
+        #[arg(long)]
+        oidc: bool,
+    },
+    /// End the saved session (its refresh token is revoked).
+    Logout,
+    /// Show the signed-in user, their tenant, projects and roles.
+    Whoami,
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(crate::client::AdminCommand),
+    /// Manage and use service accounts.
+    #[command(subcommand, name = "service-accounts")]
+    ServiceAccounts(crate::client::ServiceAccountCommand),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -60,6 +82,25 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
+    // Client verbs talk to a running platform; they need no server configuration.
+    let outcome = match cli.command {
+        Command::Login { url, email, oidc } => crate::client::login(url, email, oidc).await,
+        Command::Logout => crate::client::logout().await,
+        Command::Whoami => crate::client::whoami().await,
+        Command::Admin(command) => crate::client::admin(command).await,
+        Command::ServiceAccounts(command) => crate::client::service_accounts(command).await,
+        command => return dispatch_platform(Cli { config: cli.config, command }).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gpuaas: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch_platform(cli: Cli) -> ExitCode {
     let (mode, overrides) = match &cli.command {
         Command::Openapi => {
             print!("{}", crate::openapi::document_json());
@@ -83,6 +124,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 roles: roles.clone(),
             },
         ),
+        // Handled by `dispatch` before any server configuration is read.
+        Command::Login { .. } | Command::Logout | Command::Whoami | Command::Admin(_) | Command::ServiceAccounts(_) => {
+            return ExitCode::FAILURE;
+        }
         Command::Migrate { data_dir } => {
             // Without a database URL, migrate acts on the embedded database in the data dir.
             let configured = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());

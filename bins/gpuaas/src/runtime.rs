@@ -199,7 +199,8 @@ fn generate_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 24)
 }
 
-fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+/// Writes `contents` to a file only its owner can read (0600 on Unix).
+pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

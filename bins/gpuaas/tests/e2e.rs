@@ -11,7 +11,18 @@ const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
 
 fn gpuaas() -> Command {
     let mut command = Command::new(BINARY);
-    for name in ["DATABASE_URL", "GPUAAS_DATABASE_URL", "NATS_URL", "GPUAAS_NATS_URL", "GPUAAS_LISTEN", "RUST_LOG"] {
+    for name in [
+        "DATABASE_URL",
+        "GPUAAS_DATABASE_URL",
+        "NATS_URL",
+        "GPUAAS_NATS_URL",
+        "GPUAAS_LISTEN",
+        "RUST_LOG",
+        "GPUAAS_ADMIN_EMAIL",
+        "GPUAAS_ADMIN_PASSWORD",
+        "GPUAAS_URL",
+        "GPUAAS_PASSWORD",
+    ] {
         command.env_remove(name);
     }
     command.stdin(Stdio::null()).kill_on_drop(true);
@@ -78,6 +89,18 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
     let (exit, took) = terminate(child).await;
     assert!(exit.success(), "exit status {exit:?}");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    // The first start created an administrator with a generated password, kept only in
+    // a file its owner alone can read.
+    let credentials_path = data_dir.join("admin-credentials");
+    let credentials = std::fs::read_to_string(&credentials_path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(credentials.contains("email=admin@gpuaas.local") && credentials.contains("password="), "{credentials}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&credentials_path).unwrap_or_else(|e| panic!("{e}")).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "admin-credentials mode {mode:o}");
+    }
 
     // Write through the store while stopped, as an operator changing policy would.
     let store = open_embedded_store(&data_dir).await;
@@ -171,4 +194,77 @@ async fn invalid_configuration_lists_every_problem_and_exits_2() {
     }
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Runs a client verb of the real binary with its own config dir; returns stdout.
+async fn cli(config_dir: &std::path::Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = gpuaas();
+    command.args(args).env("GPUAAS_CONFIG_DIR", config_dir).env("GPUAAS_URL", url);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().await.unwrap_or_else(|e| panic!("{e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_signs_in_manages_users_exports_audit_and_signs_out() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config_dir = data.path().join("config");
+    let mut command = gpuaas();
+    command
+        .args(["up", "--data-dir"])
+        .arg(data.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("GPUAAS_ADMIN_EMAIL", "ops@example.com")
+        .env("GPUAAS_ADMIN_PASSWORD", "a long operator password");
+    let (child, url) = start(command).await;
+    assert!(!data.path().join("data/admin-credentials").exists(), "no generated password when one is given");
+
+    let (ok, _, stderr) =
+        cli(&config_dir, &url, &["login", "--email", "ops@example.com"], &[("GPUAAS_PASSWORD", "wrong password")])
+            .await;
+    assert!(!ok && stderr.contains("invalid_credentials"), "{stderr}");
+    let (ok, _, stderr) = cli(
+        &config_dir,
+        &url,
+        &["login", "--email", "ops@example.com"],
+        &[("GPUAAS_PASSWORD", "a long operator password")],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let saved = std::fs::read_to_string(config_dir.join("credentials.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(saved.contains("refresh_token"));
+
+    let (ok, me, stderr) = cli(&config_dir, &url, &["whoami"], &[]).await;
+    assert!(ok && me.contains("ops@example.com") && me.contains("\"admin\""), "{me}{stderr}");
+    let (ok, created, stderr) = cli(
+        &config_dir,
+        &url,
+        &["admin", "users", "create", "--email", "dev@example.com"],
+        &[("GPUAAS_NEW_USER_PASSWORD", "a long developer password")],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap_or_else(|e| panic!("{e}: {created}"));
+    let user_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (ok, listed, _) = cli(&config_dir, &url, &["admin", "users", "list", "--limit", "10"], &[]).await;
+    assert!(ok && listed.contains("dev@example.com"), "{listed}");
+    let (ok, _, stderr) = cli(&config_dir, &url, &["admin", "users", "disable", &user_id], &[]).await;
+    assert!(ok, "{stderr}");
+    let (ok, csv, stderr) =
+        cli(&config_dir, &url, &["admin", "audit", "export", "--action", "user.disable"], &[]).await;
+    assert!(ok && csv.contains("user.disable") && csv.contains(&user_id), "{csv}{stderr}");
+
+    let (ok, _, _) = cli(&config_dir, &url, &["logout"], &[]).await;
+    assert!(ok);
+    assert!(!config_dir.join("credentials.json").exists());
+    let (ok, _, stderr) = cli(&config_dir, &url, &["whoami"], &[]).await;
+    assert!(!ok && stderr.contains("gpuaas login"), "{stderr}");
+    let (exit, _) = terminate(child).await;
+    assert!(exit.success());
 }
