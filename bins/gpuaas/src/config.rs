@@ -48,6 +48,8 @@ struct FileConfig {
     roles: Option<Vec<String>>,
     shutdown_grace_seconds: Option<u64>,
     public_url: Option<String>,
+    region: Option<String>,
+    resource_id_prefix: Option<String>,
     oidc: Option<FileOidc>,
 }
 
@@ -107,6 +109,8 @@ pub struct Config {
     pub public_url: String,
     pub oidc: Option<OidcSettings>,
     pub admin: Option<AdminBootstrap>,
+    /// Prefix and region of canonical resource ids (`gpuaas:{region}:…`).
+    pub resource_ids: gpuaas_kernel::ResourceIdFormat,
 }
 
 impl std::fmt::Debug for Config {
@@ -276,6 +280,14 @@ impl Config {
             problems.push(format!("public_url: {public_url:?} must be an http:// or https:// URL"));
         }
 
+        let region = env_or(&["GPUAAS_REGION"]).or(file.region).unwrap_or_else(|| "local".to_owned());
+        let prefix =
+            env_or(&["GPUAAS_RESOURCE_ID_PREFIX"]).or(file.resource_id_prefix).unwrap_or_else(|| "gpuaas".to_owned());
+        let resource_ids = gpuaas_kernel::ResourceIdFormat::new(prefix, region).unwrap_or_else(|error| {
+            problems.push(format!("region / resource_id_prefix: {error}"));
+            gpuaas_kernel::ResourceIdFormat::default()
+        });
+
         let file_oidc = file.oidc.unwrap_or_default();
         let oidc_issuer = env_or(&["GPUAAS_OIDC_ISSUER_URL"]).or(file_oidc.issuer_url);
         let oidc = match oidc_issuer {
@@ -329,6 +341,7 @@ impl Config {
             public_url,
             oidc,
             admin,
+            resource_ids,
         })
     }
 

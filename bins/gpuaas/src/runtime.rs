@@ -159,6 +159,7 @@ pub fn iam_config(config: &Config) -> IamConfig {
             roles_claim: oidc.roles_claim.clone(),
             scopes: oidc.scopes.clone(),
         }),
+        resource_ids: config.resource_ids.clone(),
     }
 }
 

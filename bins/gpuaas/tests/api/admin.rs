@@ -77,7 +77,8 @@ async fn audit_log_filters_and_exports_csv(backend: Backend) {
     let user_id = created["id"].as_str().unwrap_or_default().to_owned();
     let page = json(app.get("/api/v1/admin/audit-logs?action=user.create", &admin).await, 200).await;
     let row = &page["items"][0];
-    assert_eq!(row["target"], format!("user:{user_id}"));
+    let tenant_id = created["tenant_id"].as_str().unwrap_or_default();
+    assert_eq!(row["target"], format!("gpuaas:local:{tenant_id}:-:user:{user_id}"), "canonical resource id");
     assert_eq!(row["actor_type"], "user");
     assert_eq!(row["actor_role"], "admin");
     assert_eq!(row["result"], "success");

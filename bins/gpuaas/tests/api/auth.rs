@@ -117,6 +117,7 @@ async fn disabled_users_lose_access_at_once(backend: Backend) {
     assert_eq!(created["email"], "carol@test.local");
     assert_eq!(created["role"], "user");
     let user_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let tenant_id = created["tenant_id"].as_str().unwrap_or_default().to_owned();
     let session = json(app.login("carol@test.local", PASSWORD).await, 200).await;
     let access = session["access_token"].as_str().unwrap_or_default().to_owned();
     let refresh = session["refresh_token"].as_str().unwrap_or_default().to_owned();
@@ -133,7 +134,11 @@ async fn disabled_users_lose_access_at_once(backend: Backend) {
 
     json(app.post(&format!("/api/v1/admin/users/{user_id}/enable"), &admin, serde_json::json!({})).await, 200).await;
     json(app.login("carol@test.local", PASSWORD).await, 200).await;
-    let audit = json(app.get(&format!("/api/v1/admin/audit-logs?target=user:{user_id}"), &admin).await, 200).await;
+    let audit = json(
+        app.get(&format!("/api/v1/admin/audit-logs?target=gpuaas:local:{tenant_id}:-:user:{user_id}"), &admin).await,
+        200,
+    )
+    .await;
     let actions: Vec<&str> =
         audit["items"].as_array().into_iter().flatten().filter_map(|i| i["action"].as_str()).collect();
     for action in ["user.create", "user.disable", "user.enable"] {

@@ -41,7 +41,12 @@ impl TestApp {
         let iam = Iam::new(
             store.clone(),
             policy.clone(),
-            IamConfig { issuer_url: base.clone(), audience: gpuaas::runtime::IAM_AUDIENCE.into(), oidc: None },
+            IamConfig {
+                issuer_url: base.clone(),
+                audience: gpuaas::runtime::IAM_AUDIENCE.into(),
+                oidc: None,
+                resource_ids: Default::default(),
+            },
             reqwest::Client::new(),
         );
         iam.bootstrap_admin(ADMIN_EMAIL, PASSWORD).await.unwrap_or_else(|e| panic!("{e}"));

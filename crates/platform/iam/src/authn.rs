@@ -195,7 +195,17 @@ impl Iam {
         let project = accounts::create_project(&mut tx, &ctx.tenant_id, name, &ctx.actor_id).await?;
         gpuaas_audit::record(
             &mut tx,
-            &crate::audit::by(ctx, "project.create", format!("project:{}", project.id), correlation_id),
+            &crate::audit::by(
+                ctx,
+                "project.create",
+                self.resource_id(
+                    Some(&project.tenant_id),
+                    Some(&project.id),
+                    gpuaas_kernel::ResourceType::Project,
+                    &project.id,
+                ),
+                correlation_id,
+            ),
         )
         .await?;
         tx.commit().await?;

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{Migration, Store};
 
@@ -48,6 +49,8 @@ pub struct IamConfig {
     /// `aud` of the platform's own access tokens.
     pub audience: String,
     pub oidc: Option<OidcConfig>,
+    /// How audit targets and events name resources.
+    pub resource_ids: ResourceIdFormat,
 }
 
 /// The identity service. Cheap to clone.
@@ -113,6 +116,24 @@ impl Iam {
     /// Verifies a token from any trusted issuer (used by tests and the CLI's checks).
     pub async fn verify(&self, token: &str) -> Result<verify::VerifiedToken, IamError> {
         self.inner.verifier.verify(token).await
+    }
+}
+
+impl Iam {
+    /// The canonical id of a resource, as written in audit rows and events.
+    pub(crate) fn resource_id(
+        &self,
+        tenant: Option<&str>,
+        project: Option<&str>,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> String {
+        let format = &self.inner.config.resource_ids;
+        match ResourceId::new(format.region(), tenant, project, resource_type, id) {
+            Ok(resource) => resource.format(format),
+            // Our own ids are UUIDs and always valid; keep the row rather than lose it.
+            Err(_) => format!("{}:{id}", resource_type.as_str()),
+        }
     }
 }
 

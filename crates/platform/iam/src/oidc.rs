@@ -19,7 +19,7 @@ use sha2::Digest as _;
 
 use crate::accounts::{self, NewUser, User};
 use crate::roles::GlobalRole;
-use crate::sessions::{SessionTokens, user_target};
+use crate::sessions::SessionTokens;
 use crate::verify::{JwksSource, RemoteJwks, TrustedIssuer, VerifiedToken};
 use crate::{Iam, IamError, audit, random_secret, secret_hash};
 
@@ -237,8 +237,13 @@ impl Iam {
         if user.status == accounts::UserStatus::Disabled {
             return Err(IamError::AccountDisabled);
         }
-        let mut entry =
-            audit::anonymous(&user.id, "auth.oidc_login", user_target(&user.id), AuditResult::Success, correlation_id);
+        let mut entry = audit::anonymous(
+            &user.id,
+            "auth.oidc_login",
+            self.user_resource(&user),
+            AuditResult::Success,
+            correlation_id,
+        );
         entry.actor_type = gpuaas_audit::ActorType::User;
         entry.actor_role = user.role.as_str().into();
         entry.tenant_id = Some(user.tenant_id.clone());
@@ -299,7 +304,7 @@ impl Iam {
                 },
             )
             .await?;
-            gpuaas_audit::record(&mut tx, &audit::system("user.create_from_oidc", user_target(&user.id))).await?;
+            gpuaas_audit::record(&mut tx, &audit::system("user.create_from_oidc", self.user_resource(&user))).await?;
         }
         tx.commit().await?;
         accounts::user_by_oidc(store, &verified.issuer, subject).await?.ok_or(IamError::NotFound("user"))

@@ -152,10 +152,6 @@ async fn insert_credential(conn: &mut Connection, account_id: &str) -> Result<(S
     Ok((client_id, secret))
 }
 
-fn target(account: &ServiceAccount) -> String {
-    format!("service_account:{}", account.id)
-}
-
 impl Iam {
     async fn managed_project(&self, ctx: &AuthContext, project_id: &str) -> Result<Project, IamError> {
         if ctx.actor_type != ActorType::User {
@@ -212,8 +208,21 @@ impl Iam {
         }
         let (client_id, client_secret) = insert_credential(&mut tx, &id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.create", target(&account), correlation_id))
-            .await?;
+        gpuaas_audit::record(
+            &mut tx,
+            &audit::by(
+                ctx,
+                "service_account.create",
+                self.resource_id(
+                    Some(&account.tenant_id),
+                    Some(&account.project_id),
+                    gpuaas_kernel::ResourceType::ServiceAccount,
+                    &account.id,
+                ),
+                correlation_id,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
@@ -250,8 +259,21 @@ impl Iam {
             .await?;
         let (client_id, client_secret) = insert_credential(&mut tx, &account.id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.rotate", target(&account), correlation_id))
-            .await?;
+        gpuaas_audit::record(
+            &mut tx,
+            &audit::by(
+                ctx,
+                "service_account.rotate",
+                self.resource_id(
+                    Some(&account.tenant_id),
+                    Some(&account.project_id),
+                    gpuaas_kernel::ResourceType::ServiceAccount,
+                    &account.id,
+                ),
+                correlation_id,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
@@ -277,8 +299,21 @@ impl Iam {
             .execute(&mut *tx)
             .await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.revoke", target(&account), correlation_id))
-            .await?;
+        gpuaas_audit::record(
+            &mut tx,
+            &audit::by(
+                ctx,
+                "service_account.revoke",
+                self.resource_id(
+                    Some(&account.tenant_id),
+                    Some(&account.project_id),
+                    gpuaas_kernel::ResourceType::ServiceAccount,
+                    &account.id,
+                ),
+                correlation_id,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(account)
     }

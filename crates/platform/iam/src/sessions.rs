@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gpuaas_audit::AuditResult;
-use gpuaas_kernel::{Timestamp, new_id};
+use gpuaas_kernel::{ResourceType, Timestamp, new_id};
 use gpuaas_policy::keys;
 use gpuaas_store::sqlx::{self, Row as _};
 use serde::Serialize;
@@ -28,11 +28,12 @@ pub struct SessionTokens {
 /// Longest refresh token text accepted; ours are 43 characters.
 const MAX_REFRESH_TOKEN_LEN: usize = 128;
 
-pub(crate) fn user_target(user_id: &str) -> String {
-    format!("user:{user_id}")
-}
-
 impl Iam {
+    /// The canonical id of a user: tenant-scoped, like everything a tenant owns.
+    pub(crate) fn user_resource(&self, user: &User) -> String {
+        self.resource_id(Some(&user.tenant_id), None, ResourceType::User, &user.id)
+    }
+
     /// Signs an access token for `claims` with the active key of the built-in issuer.
     pub(crate) async fn sign(
         &self,
@@ -96,7 +97,7 @@ impl Iam {
             && let Some(until) = credentials.locked_until
             && until > now
         {
-            let target = user_target(&credentials.user.id);
+            let target = self.user_resource(&credentials.user);
             gpuaas_audit::record_standalone(
                 store,
                 &audit::anonymous(&email, "auth.login", target, AuditResult::Denied, correlation_id),
@@ -113,7 +114,7 @@ impl Iam {
         if user.status == UserStatus::Disabled {
             gpuaas_audit::record_standalone(
                 store,
-                &audit::anonymous(&email, "auth.login", user_target(&user.id), AuditResult::Denied, correlation_id),
+                &audit::anonymous(&email, "auth.login", self.user_resource(&user), AuditResult::Denied, correlation_id),
             )
             .await?;
             return Err(IamError::AccountDisabled);
@@ -124,7 +125,7 @@ impl Iam {
             .execute(&mut *tx)
             .await?;
         let mut entry =
-            audit::anonymous(&user.id, "auth.login", user_target(&user.id), AuditResult::Success, correlation_id);
+            audit::anonymous(&user.id, "auth.login", self.user_resource(&user), AuditResult::Success, correlation_id);
         entry.actor_type = gpuaas_audit::ActorType::User;
         entry.actor_role = user.role.as_str().into();
         entry.tenant_id = Some(user.tenant_id.clone());
@@ -151,7 +152,7 @@ impl Iam {
                 .fetch_one(&mut *tx)
                 .await?;
         let failures: i64 = row.try_get("failed_logins")?;
-        let target = user_target(&user.id);
+        let target = self.user_resource(&user);
         gpuaas_audit::record(
             &mut tx,
             &audit::anonymous(email, "auth.login", target.clone(), AuditResult::Failure, correlation_id),
@@ -206,7 +207,10 @@ impl Iam {
                 &audit::anonymous(
                     &user_id,
                     "auth.refresh_reuse",
-                    user_target(&user_id),
+                    match accounts::user_by_id(store, &user_id).await? {
+                        Some(user) => self.user_resource(&user),
+                        None => self.resource_id(None, None, ResourceType::User, &user_id),
+                    },
                     AuditResult::Denied,
                     correlation_id,
                 ),
@@ -275,7 +279,7 @@ impl Iam {
             },
         )
         .await?;
-        gpuaas_audit::record(&mut tx, &audit::system("user.bootstrap_admin", user_target(&user.id))).await?;
+        gpuaas_audit::record(&mut tx, &audit::system("user.bootstrap_admin", self.user_resource(&user))).await?;
         tx.commit().await?;
         Ok(Some(user))
     }
@@ -303,7 +307,7 @@ impl Iam {
             NewUser { email, display_name, password_hash: Some(hash), role, oidc: None },
         )
         .await?;
-        let mut entry = audit::by(ctx, "user.create", user_target(&user.id), correlation_id);
+        let mut entry = audit::by(ctx, "user.create", self.user_resource(&user), correlation_id);
         entry.details = serde_json::json!({"role": role.as_str()});
         gpuaas_audit::record(&mut tx, &entry).await?;
         tx.commit().await?;
@@ -321,6 +325,7 @@ impl Iam {
         if status == UserStatus::Disabled && user_id == ctx.actor_id {
             return Err(IamError::Conflict("an administrator cannot disable their own account".into()));
         }
+        let user = accounts::user_by_id(self.store(), user_id).await?.ok_or(IamError::NotFound("user"))?;
         let mut tx = self.store().begin().await?;
         if !accounts::set_user_status(&mut tx, user_id, status).await? {
             return Err(IamError::NotFound("user"));
@@ -329,7 +334,7 @@ impl Iam {
             UserStatus::Disabled => "user.disable",
             UserStatus::Active => "user.enable",
         };
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, action, user_target(user_id), correlation_id)).await?;
+        gpuaas_audit::record(&mut tx, &audit::by(ctx, action, self.user_resource(&user), correlation_id)).await?;
         tx.commit().await?;
         accounts::user_by_id(self.store(), user_id).await?.ok_or(IamError::NotFound("user"))
     }
@@ -341,7 +346,12 @@ impl Iam {
         let kid = self.inner.keys.rotate(access.max(service)).await?;
         gpuaas_audit::record_standalone(
             self.store(),
-            &audit::by(ctx, "auth.signing_key.rotate", format!("signing_key:{kid}"), correlation_id),
+            &audit::by(
+                ctx,
+                "auth.signing_key.rotate",
+                self.resource_id(None, None, ResourceType::SigningKey, &kid),
+                correlation_id,
+            ),
         )
         .await?;
         Ok(kid)

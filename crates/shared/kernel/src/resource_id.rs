@@ -47,6 +47,7 @@ pub enum ResourceType {
     Payment,
     AuditLog,
     Policy,
+    SigningKey,
 }
 
 impl ResourceType {
@@ -63,6 +64,7 @@ impl ResourceType {
         ResourceType::Payment,
         ResourceType::AuditLog,
         ResourceType::Policy,
+        ResourceType::SigningKey,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -79,6 +81,7 @@ impl ResourceType {
             ResourceType::Payment => "payment",
             ResourceType::AuditLog => "audit_log",
             ResourceType::Policy => "policy",
+            ResourceType::SigningKey => "signing_key",
         }
     }
 }
