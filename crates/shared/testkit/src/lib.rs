@@ -266,42 +266,18 @@ impl NatsServer {
         self.stop().await;
         // The port is ours by convention only; if something grabbed it while
         // the server was down, keep trying for a while.
-        let deadline = Instant::now() + NATS_READY_TIMEOUT;
-        loop {
-            match spawn_nats(&self.bin, self.port, self.dir.path()).await {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(SpawnError::Exited(_)) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(SpawnError::Exited(message) | SpawnError::Fatal(message)) => {
-                    panic!("testkit: nats-server did not restart on port {}: {message}", self.port)
-                }
-            }
-        }
+        let (bin, port, dir) = (&self.bin, self.port, self.dir.path());
+        self.child = Some(respawn("nats-server", port, NATS_READY_TIMEOUT, || spawn_nats(bin, port, dir)).await);
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // kill_on_drop would do this too; doing it here lets us wait a
-            // moment so the process is gone before its store dir is removed.
-            let _ = child.start_kill();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    Ok(Some(_)) | Err(_) => break,
-                }
-            }
-        }
+        kill_before_drop(&mut self.child);
     }
 }
 
-enum SpawnError {
+pub(crate) enum SpawnError {
     /// The process exited before accepting connections (e.g. port taken).
     Exited(String),
     /// Retrying will not help.
@@ -455,6 +431,42 @@ macro_rules! both_backends {
             }
         )+
     };
+}
+
+/// Spawns a server again until it starts or `timeout` passes. The port is ours by
+/// convention only; something may hold it briefly while the server was down.
+pub(crate) async fn respawn<F, Fut>(name: &str, port: u16, timeout: Duration, mut spawn: F) -> Child
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Child, SpawnError>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match spawn().await {
+            Ok(child) => return child,
+            Err(SpawnError::Exited(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(SpawnError::Exited(message) | SpawnError::Fatal(message)) => {
+                panic!("testkit: {name} did not restart on port {port}: {message}")
+            }
+        }
+    }
+}
+
+/// Kills a server from `Drop` and waits a moment, so the process is gone before its
+/// temp dir is removed (kill_on_drop alone would not wait).
+pub(crate) fn kill_before_drop(child: &mut Option<Child>) {
+    if let Some(child) = child.as_mut() {
+        let _ = child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(Some(_)) | Err(_) => break,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

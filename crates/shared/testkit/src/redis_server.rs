@@ -106,37 +106,15 @@ impl RedisServer {
         self.stop().await;
         // The port is ours by convention only; if something grabbed it while the
         // server was down, keep trying for a while.
-        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
-        loop {
-            match spawn_redis(&self.bin, self.port, self.dir.path()).await {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(SpawnError::Exited(_)) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(SpawnError::Exited(message) | SpawnError::Fatal(message)) => {
-                    panic!("testkit: redis-server did not restart on port {}: {message}", self.port)
-                }
-            }
-        }
+        let (bin, port, dir) = (&self.bin, self.port, self.dir.path());
+        self.child =
+            Some(crate::respawn("redis-server", port, REDIS_READY_TIMEOUT, || spawn_redis(bin, port, dir)).await);
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // Wait a moment so the process is gone before its dir is removed.
-            let _ = child.start_kill();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    Ok(Some(_)) | Err(_) => break,
-                }
-            }
-        }
+        crate::kill_before_drop(&mut self.child);
     }
 }
 
