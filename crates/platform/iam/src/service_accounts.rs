@@ -152,7 +152,36 @@ async fn insert_credential(conn: &mut Connection, account_id: &str) -> Result<(S
     Ok((client_id, secret))
 }
 
+async fn revoke_credentials(conn: &mut Connection, account_id: &str) -> Result<(), IamError> {
+    sqlx::query(
+        "UPDATE service_account_credentials SET revoked_at = $1 WHERE service_account_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(Timestamp::now().as_micros())
+    .bind(account_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Iam {
+    async fn audit_account(
+        &self,
+        conn: &mut Connection,
+        ctx: &AuthContext,
+        action: &str,
+        account: &ServiceAccount,
+        correlation_id: &str,
+    ) -> Result<(), IamError> {
+        let target = self.resource_id(
+            Some(&account.tenant_id),
+            Some(&account.project_id),
+            gpuaas_kernel::ResourceType::ServiceAccount,
+            &account.id,
+        );
+        gpuaas_audit::record(conn, &audit::by(ctx, action, target, correlation_id)).await?;
+        Ok(())
+    }
+
     async fn managed_project(&self, ctx: &AuthContext, project_id: &str) -> Result<Project, IamError> {
         if ctx.actor_type != ActorType::User {
             return Err(IamError::Forbidden("service accounts cannot manage service accounts".into()));
@@ -208,21 +237,7 @@ impl Iam {
         }
         let (client_id, client_secret) = insert_credential(&mut tx, &id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &id).await?;
-        gpuaas_audit::record(
-            &mut tx,
-            &audit::by(
-                ctx,
-                "service_account.create",
-                self.resource_id(
-                    Some(&account.tenant_id),
-                    Some(&account.project_id),
-                    gpuaas_kernel::ResourceType::ServiceAccount,
-                    &account.id,
-                ),
-                correlation_id,
-            ),
-        )
-        .await?;
+        self.audit_account(&mut tx, ctx, "service_account.create", &account, correlation_id).await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
@@ -252,28 +267,10 @@ impl Iam {
         if account.status != "active" {
             return Err(IamError::Conflict("the service account is revoked".into()));
         }
-        sqlx::query("UPDATE service_account_credentials SET revoked_at = $1 WHERE service_account_id = $2 AND revoked_at IS NULL")
-            .bind(Timestamp::now().as_micros())
-            .bind(&account.id)
-            .execute(&mut *tx)
-            .await?;
+        revoke_credentials(&mut tx, &account.id).await?;
         let (client_id, client_secret) = insert_credential(&mut tx, &account.id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(
-            &mut tx,
-            &audit::by(
-                ctx,
-                "service_account.rotate",
-                self.resource_id(
-                    Some(&account.tenant_id),
-                    Some(&account.project_id),
-                    gpuaas_kernel::ResourceType::ServiceAccount,
-                    &account.id,
-                ),
-                correlation_id,
-            ),
-        )
-        .await?;
+        self.audit_account(&mut tx, ctx, "service_account.rotate", &account, correlation_id).await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
@@ -293,27 +290,9 @@ impl Iam {
             .bind(&account.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE service_account_credentials SET revoked_at = $1 WHERE service_account_id = $2 AND revoked_at IS NULL")
-            .bind(Timestamp::now().as_micros())
-            .bind(&account.id)
-            .execute(&mut *tx)
-            .await?;
+        revoke_credentials(&mut tx, &account.id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(
-            &mut tx,
-            &audit::by(
-                ctx,
-                "service_account.revoke",
-                self.resource_id(
-                    Some(&account.tenant_id),
-                    Some(&account.project_id),
-                    gpuaas_kernel::ResourceType::ServiceAccount,
-                    &account.id,
-                ),
-                correlation_id,
-            ),
-        )
-        .await?;
+        self.audit_account(&mut tx, ctx, "service_account.revoke", &account, correlation_id).await?;
         tx.commit().await?;
         Ok(account)
     }
