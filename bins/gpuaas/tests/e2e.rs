@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use gpuaas_testkit::{Backend, NatsServer, TestDatabase, free_port};
+use gpuaas_testkit::{Backend, NatsServer, RedisServer, TestDatabase, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -125,6 +125,7 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
 async fn serve_runs_on_postgres_and_nats_after_migrate() {
     let database = TestDatabase::create(Backend::Postgres).await;
     let nats = NatsServer::start().await;
+    let mut redis = RedisServer::start().await;
 
     // Before `migrate`, serve refuses to start on an empty schema.
     let refused = gpuaas()
@@ -151,12 +152,30 @@ async fn serve_runs_on_postgres_and_nats_after_migrate() {
     command
         .args(["serve", "--role", "api", "--role", "relay", "--listen", &format!("127.0.0.1:{}", free_port())])
         .env("DATABASE_URL", &database.url)
-        .env("NATS_URL", nats.url());
+        .env("NATS_URL", nats.url())
+        .env("REDIS_URL", redis.url())
+        .env("GPUAAS_ADMIN_EMAIL", "ops@example.com")
+        .env("GPUAAS_ADMIN_PASSWORD", "a long operator password");
     let (child, url) = start(command).await;
     let (status, ready) = get_json(&format!("{url}/api/v1/readyz")).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["database"]["backend"], "postgres");
     assert_eq!(ready["event_bus"]["backend"], "nats");
+    // Sign-in works against PostgreSQL, and the rate limiter answers from Redis.
+    let login = reqwest::Client::new()
+        .post(format!("{url}/api/v1/auth/personal/login"))
+        .json(&serde_json::json!({"email": "ops@example.com", "password": "a long operator password"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(login.status().as_u16(), 200);
+    assert!(login.headers().get("x-ratelimit-remaining").is_some(), "rate-limit headers");
+    // With Redis gone the limiter fails open: requests still pass, without limit headers
+    // (an in-process limiter would still send them, so this proves Redis was in use).
+    redis.stop().await;
+    let health = reqwest::get(format!("{url}/api/v1/healthz")).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(health.headers().get("x-ratelimit-remaining").is_none(), "Redis limiter fails open");
     let (exit, took) = terminate(child).await;
     assert!(exit.success(), "{exit:?}");
     assert!(took < Duration::from_secs(10));
