@@ -130,9 +130,8 @@ fn user_from_row(row: &gpuaas_store::Row) -> Result<Credentials, IamError> {
 }
 
 pub(crate) async fn credentials_by_email(store: &Store, email: &str) -> Result<Option<Credentials>, IamError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users u JOIN tenant_memberships m ON m.user_id = u.id WHERE u.email = $1"
-    );
+    let sql =
+        format!("SELECT {USER_COLUMNS} FROM users u JOIN tenant_memberships m ON m.user_id = u.id WHERE u.email = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(store.pool()).await?;
     row.as_ref().map(user_from_row).transpose()
 }
@@ -239,14 +238,12 @@ async fn insert_project(
             error.into()
         });
     }
-    sqlx::query(
-        "INSERT INTO project_memberships (project_id, user_id, role, created_at) VALUES ($1, $2, 'admin', $3)",
-    )
-    .bind(project_id)
-    .bind(admin_user_id)
-    .bind(now.as_micros())
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO project_memberships (project_id, user_id, role, created_at) VALUES ($1, $2, 'admin', $3)")
+        .bind(project_id)
+        .bind(admin_user_id)
+        .bind(now.as_micros())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -404,6 +401,7 @@ pub async fn set_user_status(conn: &mut Connection, user_id: &str, status: UserS
 }
 
 pub async fn admin_exists(store: &Store) -> Result<bool, IamError> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE global_role = 'admin'").fetch_one(store.pool()).await?;
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM users WHERE global_role = 'admin'").fetch_one(store.pool()).await?;
     Ok(row.try_get::<i64, _>("n")? > 0)
 }

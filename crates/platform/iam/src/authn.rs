@@ -124,7 +124,8 @@ impl Iam {
             return Err(IamError::Forbidden("service accounts have no user profile".into()));
         }
         let user = accounts::user_by_id(self.store(), &ctx.actor_id).await?.ok_or(IamError::NotFound("user"))?;
-        let tenant = accounts::tenant_of_user(self.store(), &ctx.actor_id).await?.ok_or(IamError::NotFound("tenant"))?;
+        let tenant =
+            accounts::tenant_of_user(self.store(), &ctx.actor_id).await?.ok_or(IamError::NotFound("tenant"))?;
         let projects = accounts::projects_of_user(self.store(), &ctx.actor_id).await?;
         Ok(Me { user, tenant, projects })
     }
@@ -132,7 +133,12 @@ impl Iam {
     /// The project as `ctx` may see it, checked against `permission`. Anything the
     /// caller may not see answers `NotFound`, never `Forbidden`, so ids of other
     /// tenants' projects leak nothing.
-    pub async fn project(&self, ctx: &AuthContext, project_id: &str, permission: Permission) -> Result<Project, IamError> {
+    pub async fn project(
+        &self,
+        ctx: &AuthContext,
+        project_id: &str,
+        permission: Permission,
+    ) -> Result<Project, IamError> {
         match ctx.actor_type {
             ActorType::ServiceAccount => {
                 if ctx.project_id.as_deref() != Some(project_id) || !ctx.allows(permission) {
@@ -150,7 +156,10 @@ impl Iam {
                     return Err(IamError::NotFound("project"));
                 }
                 if !project.role.grants(permission) {
-                    return Err(IamError::Forbidden(format!("your project role does not allow {}", permission.as_str())));
+                    return Err(IamError::Forbidden(format!(
+                        "your project role does not allow {}",
+                        permission.as_str()
+                    )));
                 }
                 Ok(project)
             }
@@ -162,7 +171,10 @@ impl Iam {
             ActorType::User => accounts::projects_of_user(self.store(), &ctx.actor_id).await,
             ActorType::ServiceAccount => {
                 let Some(project_id) = ctx.project_id.as_deref() else { return Ok(Vec::new()) };
-                Ok(service_accounts::project_by_id(self.store(), project_id, &ctx.tenant_id).await?.into_iter().collect())
+                Ok(service_accounts::project_by_id(self.store(), project_id, &ctx.tenant_id)
+                    .await?
+                    .into_iter()
+                    .collect())
             }
         }
     }

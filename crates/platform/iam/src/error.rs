@@ -66,9 +66,11 @@ impl IamError {
             IamError::FeatureDisabled(_) => ErrCode::FeatureDisabled,
             IamError::OidcFlowInvalid(_) => ErrCode::OidcFlowInvalid,
             IamError::Provider(_) => ErrCode::IdentityProviderError,
-            IamError::Policy(_) | IamError::Audit(_) | IamError::Store(_) | IamError::Database(_) | IamError::Internal(_) => {
-                ErrCode::InternalError
-            }
+            IamError::Policy(_)
+            | IamError::Audit(_)
+            | IamError::Store(_)
+            | IamError::Database(_)
+            | IamError::Internal(_) => ErrCode::InternalError,
         }
     }
 }

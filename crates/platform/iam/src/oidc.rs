@@ -79,7 +79,10 @@ impl OidcClient {
         let issuer = Arc::new(TrustedIssuer::new(
             config.issuer_url.clone(),
             vec![config.client_id.clone()],
-            JwksSource::Remote { jwks: RemoteJwks::ViaDiscovery { issuer: config.issuer_url.clone() }, client: http.clone() },
+            JwksSource::Remote {
+                jwks: RemoteJwks::ViaDiscovery { issuer: config.issuer_url.clone() },
+                client: http.clone(),
+            },
         ));
         Self { config, http, issuer }
     }
@@ -122,7 +125,10 @@ pub fn map_role(roles: &[String]) -> GlobalRole {
 
 impl Iam {
     fn oidc_client(&self) -> Result<&Arc<OidcClient>, IamError> {
-        self.inner.oidc.as_ref().ok_or_else(|| IamError::FeatureDisabled("no external OIDC provider is configured".into()))
+        self.inner
+            .oidc
+            .as_ref()
+            .ok_or_else(|| IamError::FeatureDisabled("no external OIDC provider is configured".into()))
     }
 
     /// Starts an authorization-code flow: returns the provider URL to send the browser
@@ -164,7 +170,12 @@ impl Iam {
 
     /// Finishes the flow: checks the state, redeems the code with the PKCE verifier,
     /// verifies the ID token and its nonce, upserts the user and opens a session.
-    pub async fn oidc_exchange(&self, code: &str, state: &str, correlation_id: &str) -> Result<SessionTokens, IamError> {
+    pub async fn oidc_exchange(
+        &self,
+        code: &str,
+        state: &str,
+        correlation_id: &str,
+    ) -> Result<SessionTokens, IamError> {
         let client = self.oidc_client()?;
         if code.is_empty() || code.len() > MAX_FLOW_PARAM_LEN {
             return Err(IamError::invalid("code", "must be the code the provider returned"));
@@ -226,7 +237,8 @@ impl Iam {
         if user.status == accounts::UserStatus::Disabled {
             return Err(IamError::AccountDisabled);
         }
-        let mut entry = audit::anonymous(&user.id, "auth.oidc_login", user_target(&user.id), AuditResult::Success, correlation_id);
+        let mut entry =
+            audit::anonymous(&user.id, "auth.oidc_login", user_target(&user.id), AuditResult::Success, correlation_id);
         entry.actor_type = gpuaas_audit::ActorType::User;
         entry.actor_role = user.role.as_str().into();
         entry.tenant_id = Some(user.tenant_id.clone());
@@ -244,7 +256,10 @@ impl Iam {
         let email = verified
             .string_claim("email")
             .ok_or_else(|| IamError::TokenInvalid("the provider did not share an email address".into()))
-            .and_then(|email| accounts::normalize_email(email).map_err(|_| IamError::TokenInvalid("the provider's email claim is not an email".into())))?;
+            .and_then(|email| {
+                accounts::normalize_email(email)
+                    .map_err(|_| IamError::TokenInvalid("the provider's email claim is not an email".into()))
+            })?;
         let display_name = verified
             .string_claim("name")
             .or_else(|| verified.string_claim("preferred_username"))
@@ -275,7 +290,13 @@ impl Iam {
         if updated == 0 {
             let user = accounts::create_user(
                 &mut tx,
-                NewUser { email, display_name, password_hash: None, role, oidc: Some((verified.issuer.clone(), subject.to_owned())) },
+                NewUser {
+                    email,
+                    display_name,
+                    password_hash: None,
+                    role,
+                    oidc: Some((verified.issuer.clone(), subject.to_owned())),
+                },
             )
             .await?;
             gpuaas_audit::record(&mut tx, &audit::system("user.create_from_oidc", user_target(&user.id))).await?;
@@ -291,7 +312,8 @@ mod tests {
 
     #[test]
     fn roles_come_from_nested_claims() {
-        let claims = serde_json::json!({"realm_access": {"roles": ["offline_access", "admin"]}, "groups": "billing_operator"});
+        let claims =
+            serde_json::json!({"realm_access": {"roles": ["offline_access", "admin"]}, "groups": "billing_operator"});
         let claims = claims.as_object().cloned().unwrap_or_default();
         assert_eq!(map_role(&claim_strings(&claims, "realm_access.roles")), GlobalRole::Admin);
         assert_eq!(map_role(&claim_strings(&claims, "groups")), GlobalRole::BillingOperator);

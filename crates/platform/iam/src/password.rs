@@ -45,7 +45,9 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool, Ia
     tokio::task::spawn_blocking(move || {
         let argon = hasher();
         match stored {
-            Some(hash) if password.len() <= MAX_PASSWORD_LEN => argon.verify_password(password.as_bytes(), hash.as_str()).is_ok(),
+            Some(hash) if password.len() <= MAX_PASSWORD_LEN => {
+                argon.verify_password(password.as_bytes(), hash.as_str()).is_ok()
+            }
             _ => {
                 let _ = argon.hash_password(b"timing-equaliser");
                 false

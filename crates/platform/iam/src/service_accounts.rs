@@ -71,10 +71,18 @@ pub(crate) async fn active_account(
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    Ok(Some(LiveAccount { id: row.try_get("id")?, tenant_id: row.try_get("tenant_id")?, project_id: row.try_get("project_id")? }))
+    Ok(Some(LiveAccount {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+    }))
 }
 
-pub(crate) async fn project_by_id(store: &Store, project_id: &str, tenant_id: &str) -> Result<Option<Project>, IamError> {
+pub(crate) async fn project_by_id(
+    store: &Store,
+    project_id: &str,
+    tenant_id: &str,
+) -> Result<Option<Project>, IamError> {
     let row = sqlx::query("SELECT id, tenant_id, name, created_at FROM projects WHERE id = $1 AND tenant_id = $2")
         .bind(project_id)
         .bind(tenant_id)
@@ -97,7 +105,10 @@ fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, IamError> {
     let mut valid = Vec::new();
     for scope in scopes {
         if !SERVICE_ACCOUNT_SCOPES.contains(&scope.as_str()) {
-            return Err(IamError::invalid("scopes", format!("unknown scope; allowed: {}", SERVICE_ACCOUNT_SCOPES.join(", "))));
+            return Err(IamError::invalid(
+                "scopes",
+                format!("unknown scope; allowed: {}", SERVICE_ACCOUNT_SCOPES.join(", ")),
+            ));
         }
         if !valid.contains(scope) {
             valid.push(scope.clone());
@@ -153,9 +164,15 @@ impl Iam {
         self.project(ctx, project_id, Permission::ProjectAdmin).await
     }
 
-    async fn account_in_project(&self, conn: &mut Connection, project_id: &str, account_id: &str) -> Result<ServiceAccount, IamError> {
+    async fn account_in_project(
+        &self,
+        conn: &mut Connection,
+        project_id: &str,
+        account_id: &str,
+    ) -> Result<ServiceAccount, IamError> {
         let sql = format!("{ACCOUNT_SELECT} WHERE a.id = $1 AND a.project_id = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id).bind(project_id).fetch_optional(&mut *conn).await?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id).bind(project_id).fetch_optional(&mut *conn).await?;
         row.as_ref().map(account_from_row).transpose()?.ok_or(IamError::NotFound("service account"))
     }
 
@@ -195,12 +212,17 @@ impl Iam {
         }
         let (client_id, client_secret) = insert_credential(&mut tx, &id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.create", target(&account), correlation_id)).await?;
+        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.create", target(&account), correlation_id))
+            .await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
 
-    pub async fn list_service_accounts(&self, ctx: &AuthContext, project_id: &str) -> Result<Vec<ServiceAccount>, IamError> {
+    pub async fn list_service_accounts(
+        &self,
+        ctx: &AuthContext,
+        project_id: &str,
+    ) -> Result<Vec<ServiceAccount>, IamError> {
         let project = self.managed_project(ctx, project_id).await?;
         let sql = format!("{ACCOUNT_SELECT} WHERE a.project_id = $1 ORDER BY a.created_at, a.id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&project.id).fetch_all(self.store().pool()).await?;
@@ -228,7 +250,8 @@ impl Iam {
             .await?;
         let (client_id, client_secret) = insert_credential(&mut tx, &account.id).await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.rotate", target(&account), correlation_id)).await?;
+        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.rotate", target(&account), correlation_id))
+            .await?;
         tx.commit().await?;
         Ok(IssuedCredential { service_account: account, client_id, client_secret })
     }
@@ -244,14 +267,18 @@ impl Iam {
         let project = self.managed_project(ctx, project_id).await?;
         let mut tx = self.store().begin().await?;
         let account = self.account_in_project(&mut tx, &project.id, account_id).await?;
-        sqlx::query("UPDATE service_accounts SET status = 'revoked' WHERE id = $1").bind(&account.id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE service_accounts SET status = 'revoked' WHERE id = $1")
+            .bind(&account.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE service_account_credentials SET revoked_at = $1 WHERE service_account_id = $2 AND revoked_at IS NULL")
             .bind(Timestamp::now().as_micros())
             .bind(&account.id)
             .execute(&mut *tx)
             .await?;
         let account = self.account_in_project(&mut tx, &project.id, &account.id).await?;
-        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.revoke", target(&account), correlation_id)).await?;
+        gpuaas_audit::record(&mut tx, &audit::by(ctx, "service_account.revoke", target(&account), correlation_id))
+            .await?;
         tx.commit().await?;
         Ok(account)
     }
@@ -264,7 +291,11 @@ impl Iam {
         scope: Option<&str>,
         correlation_id: &str,
     ) -> Result<ServiceAccountToken, IamError> {
-        if client_id.is_empty() || client_id.len() > MAX_CREDENTIAL_LEN || client_secret.is_empty() || client_secret.len() > MAX_CREDENTIAL_LEN {
+        if client_id.is_empty()
+            || client_id.len() > MAX_CREDENTIAL_LEN
+            || client_secret.is_empty()
+            || client_secret.len() > MAX_CREDENTIAL_LEN
+        {
             return Err(IamError::InvalidCredentials);
         }
         let row = sqlx::query(
@@ -277,13 +308,25 @@ impl Iam {
         .await?;
         let presented = secret_hash(client_secret);
         let Some(row) = row else {
-            let entry = audit::anonymous(client_id, "auth.service_account_token", format!("client:{client_id}"), gpuaas_audit::AuditResult::Failure, correlation_id);
+            let entry = audit::anonymous(
+                client_id,
+                "auth.service_account_token",
+                format!("client:{client_id}"),
+                gpuaas_audit::AuditResult::Failure,
+                correlation_id,
+            );
             gpuaas_audit::record_standalone(self.store(), &entry).await?;
             return Err(IamError::InvalidCredentials);
         };
         let stored: String = row.try_get("secret_hash")?;
         if !constant_time_eq(stored.as_bytes(), presented.as_bytes()) {
-            let entry = audit::anonymous(client_id, "auth.service_account_token", format!("client:{client_id}"), gpuaas_audit::AuditResult::Failure, correlation_id);
+            let entry = audit::anonymous(
+                client_id,
+                "auth.service_account_token",
+                format!("client:{client_id}"),
+                gpuaas_audit::AuditResult::Failure,
+                correlation_id,
+            );
             gpuaas_audit::record_standalone(self.store(), &entry).await?;
             return Err(IamError::InvalidCredentials);
         }
@@ -309,7 +352,12 @@ impl Iam {
         claims.insert("cred".into(), row.try_get::<String, _>("credential_id")?.into());
         claims.insert("scope".into(), granted.join(" ").into());
         let access_token = self.sign(claims, ttl).await?;
-        Ok(ServiceAccountToken { access_token, token_type: "Bearer".into(), expires_in: ttl.as_secs(), scope: granted.join(" ") })
+        Ok(ServiceAccountToken {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: ttl.as_secs(),
+            scope: granted.join(" "),
+        })
     }
 }
 

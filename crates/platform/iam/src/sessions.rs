@@ -34,7 +34,11 @@ pub(crate) fn user_target(user_id: &str) -> String {
 
 impl Iam {
     /// Signs an access token for `claims` with the active key of the built-in issuer.
-    pub(crate) async fn sign(&self, mut claims: serde_json::Map<String, serde_json::Value>, ttl: Duration) -> Result<String, IamError> {
+    pub(crate) async fn sign(
+        &self,
+        mut claims: serde_json::Map<String, serde_json::Value>,
+        ttl: Duration,
+    ) -> Result<String, IamError> {
         let key = self.inner.keys.active().await?;
         let now = Timestamp::now().as_micros() / 1_000_000;
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
@@ -46,7 +50,8 @@ impl Iam {
         claims.insert("jti".into(), new_id().to_string().into());
         let mut header = jsonwebtoken::Header::new(key.algorithm);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| IamError::Internal(format!("signing failed: {e}")))
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| IamError::Internal(format!("signing failed: {e}")))
     }
 
     pub(crate) async fn issue_session_for(&self, user: &User) -> Result<SessionTokens, IamError> {
@@ -92,7 +97,11 @@ impl Iam {
             && until > now
         {
             let target = user_target(&credentials.user.id);
-            gpuaas_audit::record_standalone(store, &audit::anonymous(&email, "auth.login", target, AuditResult::Denied, correlation_id)).await?;
+            gpuaas_audit::record_standalone(
+                store,
+                &audit::anonymous(&email, "auth.login", target, AuditResult::Denied, correlation_id),
+            )
+            .await?;
             return Err(IamError::AccountLocked { retry_after: until.since(now).max(Duration::from_secs(1)) });
         }
         let hash = found.as_ref().and_then(|c| c.password_hash.clone());
@@ -102,12 +111,20 @@ impl Iam {
         let Some(credentials) = found else { return Err(IamError::InvalidCredentials) };
         let user = credentials.user;
         if user.status == UserStatus::Disabled {
-            gpuaas_audit::record_standalone(store, &audit::anonymous(&email, "auth.login", user_target(&user.id), AuditResult::Denied, correlation_id)).await?;
+            gpuaas_audit::record_standalone(
+                store,
+                &audit::anonymous(&email, "auth.login", user_target(&user.id), AuditResult::Denied, correlation_id),
+            )
+            .await?;
             return Err(IamError::AccountDisabled);
         }
         let mut tx = store.begin().await?;
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1").bind(&user.id).execute(&mut *tx).await?;
-        let mut entry = audit::anonymous(&user.id, "auth.login", user_target(&user.id), AuditResult::Success, correlation_id);
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(&user.id)
+            .execute(&mut *tx)
+            .await?;
+        let mut entry =
+            audit::anonymous(&user.id, "auth.login", user_target(&user.id), AuditResult::Success, correlation_id);
         entry.actor_type = gpuaas_audit::ActorType::User;
         entry.actor_role = user.role.as_str().into();
         entry.tenant_id = Some(user.tenant_id.clone());
@@ -119,7 +136,8 @@ impl Iam {
     async fn failed_login(&self, user: Option<User>, email: &str, correlation_id: &str) -> Result<IamError, IamError> {
         let store = self.store();
         let Some(user) = user else {
-            let entry = audit::anonymous(email, "auth.login", "user:unknown".into(), AuditResult::Failure, correlation_id);
+            let entry =
+                audit::anonymous(email, "auth.login", "user:unknown".into(), AuditResult::Failure, correlation_id);
             gpuaas_audit::record_standalone(store, &entry).await?;
             return Ok(IamError::InvalidCredentials);
         };
@@ -127,13 +145,18 @@ impl Iam {
         let lock_for = self.inner.policy.get_duration_secs(keys::AUTH_LOCKOUT_SECONDS).await?;
         let mut tx = store.begin().await?;
         // The increment happens in the database so concurrent guesses all count.
-        let row = sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins")
-            .bind(&user.id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins")
+                .bind(&user.id)
+                .fetch_one(&mut *tx)
+                .await?;
         let failures: i64 = row.try_get("failed_logins")?;
         let target = user_target(&user.id);
-        gpuaas_audit::record(&mut tx, &audit::anonymous(email, "auth.login", target.clone(), AuditResult::Failure, correlation_id)).await?;
+        gpuaas_audit::record(
+            &mut tx,
+            &audit::anonymous(email, "auth.login", target.clone(), AuditResult::Failure, correlation_id),
+        )
+        .await?;
         let outcome = if max_failures > 0 && failures >= max_failures {
             let until = Timestamp::now().saturating_add(lock_for);
             sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
@@ -178,7 +201,17 @@ impl Iam {
                 .bind(&user_id)
                 .execute(&mut *tx)
                 .await?;
-            gpuaas_audit::record(&mut tx, &audit::anonymous(&user_id, "auth.refresh_reuse", user_target(&user_id), AuditResult::Denied, correlation_id)).await?;
+            gpuaas_audit::record(
+                &mut tx,
+                &audit::anonymous(
+                    &user_id,
+                    "auth.refresh_reuse",
+                    user_target(&user_id),
+                    AuditResult::Denied,
+                    correlation_id,
+                ),
+            )
+            .await?;
             tx.commit().await?;
             return Err(IamError::InvalidCredentials);
         }
@@ -209,11 +242,12 @@ impl Iam {
         if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN_LEN {
             return Err(IamError::InvalidCredentials);
         }
-        let revoked = sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
-            .bind(Timestamp::now().as_micros())
-            .bind(secret_hash(refresh_token))
-            .execute(self.store().pool())
-            .await?;
+        let revoked =
+            sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL")
+                .bind(Timestamp::now().as_micros())
+                .bind(secret_hash(refresh_token))
+                .execute(self.store().pool())
+                .await?;
         if revoked.rows_affected() == 0 {
             return Err(IamError::InvalidCredentials);
         }
@@ -232,7 +266,13 @@ impl Iam {
         let mut tx = self.store().begin().await?;
         let user = accounts::create_user(
             &mut tx,
-            NewUser { email: email.clone(), display_name: "Administrator".into(), password_hash: Some(hash), role: GlobalRole::Admin, oidc: None },
+            NewUser {
+                email: email.clone(),
+                display_name: "Administrator".into(),
+                password_hash: Some(hash),
+                role: GlobalRole::Admin,
+                oidc: None,
+            },
         )
         .await?;
         gpuaas_audit::record(&mut tx, &audit::system("user.bootstrap_admin", user_target(&user.id))).await?;
@@ -258,7 +298,11 @@ impl Iam {
         password::validate_new_password(password)?;
         let hash = password::hash(password.to_owned()).await?;
         let mut tx = self.store().begin().await?;
-        let user = accounts::create_user(&mut tx, NewUser { email, display_name, password_hash: Some(hash), role, oidc: None }).await?;
+        let user = accounts::create_user(
+            &mut tx,
+            NewUser { email, display_name, password_hash: Some(hash), role, oidc: None },
+        )
+        .await?;
         let mut entry = audit::by(ctx, "user.create", user_target(&user.id), correlation_id);
         entry.details = serde_json::json!({"role": role.as_str()});
         gpuaas_audit::record(&mut tx, &entry).await?;
@@ -295,7 +339,11 @@ impl Iam {
         let access = self.inner.policy.get_duration_secs(keys::AUTH_ACCESS_TOKEN_TTL_SECONDS).await?;
         let service = self.inner.policy.get_duration_secs(keys::AUTH_SERVICE_ACCOUNT_TOKEN_TTL_SECONDS).await?;
         let kid = self.inner.keys.rotate(access.max(service)).await?;
-        gpuaas_audit::record_standalone(self.store(), &audit::by(ctx, "auth.signing_key.rotate", format!("signing_key:{kid}"), correlation_id)).await?;
+        gpuaas_audit::record_standalone(
+            self.store(),
+            &audit::by(ctx, "auth.signing_key.rotate", format!("signing_key:{kid}"), correlation_id),
+        )
+        .await?;
         Ok(kid)
     }
 }

@@ -96,7 +96,8 @@ impl TrustedIssuer {
     async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Option<Algorithm>)>, IamError> {
         let set: JwkSet = match &self.source {
             JwksSource::Local(keys) => {
-                let jwks = serde_json::json!({"keys": keys.published().await?.iter().map(|k| k.to_jwk()).collect::<Vec<_>>()});
+                let jwks =
+                    serde_json::json!({"keys": keys.published().await?.iter().map(|k| k.to_jwk()).collect::<Vec<_>>()});
                 serde_json::from_value(jwks).map_err(|e| IamError::Internal(format!("own JWKS unreadable: {e}")))?
             }
             JwksSource::Remote { jwks, client } => {
@@ -181,7 +182,8 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(IamError::TokenInvalid("token too long".into()));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| IamError::TokenInvalid("malformed header".into()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| IamError::TokenInvalid("malformed header".into()))?;
         if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
             return Err(IamError::TokenInvalid(format!("algorithm {:?} is not accepted", header.alg)));
         }
@@ -208,7 +210,9 @@ impl Verifier {
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
             .map_err(|error| match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => IamError::TokenExpired,
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => IamError::TokenInvalid("token is not valid yet".into()),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    IamError::TokenInvalid("token is not valid yet".into())
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidAudience => IamError::TokenInvalid("wrong audience".into()),
                 jsonwebtoken::errors::ErrorKind::InvalidIssuer => IamError::TokenInvalid("wrong issuer".into()),
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => IamError::TokenInvalid("bad signature".into()),
