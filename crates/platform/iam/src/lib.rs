@@ -10,6 +10,7 @@
 //! never read another domain's tables.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
 use gpuaas_policy::PolicyClient;
@@ -53,6 +54,21 @@ pub struct IamConfig {
     pub resource_ids: ResourceIdFormat,
 }
 
+/// Tunables of [`Iam`]; the defaults are the production values.
+#[derive(Debug, Clone)]
+pub struct IamOptions {
+    /// Least time between two JWKS fetch attempts at the external provider that tokens
+    /// naming an unknown `kid` (or a failing refresh) may trigger: a key rotation at
+    /// the provider is picked up at most this long after the last fetch.
+    pub remote_jwks_refetch_interval: Duration,
+}
+
+impl Default for IamOptions {
+    fn default() -> Self {
+        Self { remote_jwks_refetch_interval: verify::REMOTE_UNKNOWN_KID_MIN_INTERVAL }
+    }
+}
+
 /// The identity service. Cheap to clone.
 #[derive(Clone)]
 pub struct Iam {
@@ -70,6 +86,16 @@ struct Inner {
 
 impl Iam {
     pub fn new(store: Store, policy: PolicyClient, config: IamConfig, http: reqwest::Client) -> Self {
+        Self::with_options(store, policy, config, http, IamOptions::default())
+    }
+
+    pub fn with_options(
+        store: Store,
+        policy: PolicyClient,
+        config: IamConfig,
+        http: reqwest::Client,
+        options: IamOptions,
+    ) -> Self {
         let keys = keys::KeyStore::new(store.clone());
         let own = Arc::new(verify::TrustedIssuer::new(
             config.issuer_url.clone(),
@@ -77,7 +103,9 @@ impl Iam {
             verify::JwksSource::Local(keys.clone()),
         ));
         let mut verifier = verify::Verifier::new(vec![own]);
-        let oidc = config.oidc.clone().map(|oidc_config| Arc::new(oidc::OidcClient::new(oidc_config, http)));
+        let oidc = config.oidc.clone().map(|oidc_config| {
+            Arc::new(oidc::OidcClient::new(oidc_config, http, options.remote_jwks_refetch_interval))
+        });
         if let Some(client) = &oidc {
             verifier = verifier.with_issuer(client.trusted_issuer());
         }

@@ -75,15 +75,18 @@ pub(crate) struct OidcClient {
 }
 
 impl OidcClient {
-    pub fn new(config: OidcConfig, http: reqwest::Client) -> Self {
-        let issuer = Arc::new(TrustedIssuer::new(
-            config.issuer_url.clone(),
-            vec![config.client_id.clone()],
-            JwksSource::Remote {
-                jwks: RemoteJwks::ViaDiscovery { issuer: config.issuer_url.clone() },
-                client: http.clone(),
-            },
-        ));
+    pub fn new(config: OidcConfig, http: reqwest::Client, unknown_kid_min_interval: Duration) -> Self {
+        let issuer = Arc::new(
+            TrustedIssuer::new(
+                config.issuer_url.clone(),
+                vec![config.client_id.clone()],
+                JwksSource::Remote {
+                    jwks: RemoteJwks::ViaDiscovery { issuer: config.issuer_url.clone() },
+                    client: http.clone(),
+                },
+            )
+            .with_unknown_kid_min_interval(unknown_kid_min_interval),
+        );
         Self { config, http, issuer }
     }
 

@@ -120,10 +120,33 @@ impl Iam {
             return Err(IamError::AccountDisabled);
         }
         let mut tx = store.begin().await?;
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-            .bind(&user.id)
-            .execute(&mut *tx)
+        // Clear only a lock that has lapsed. A lock that concurrent failures set while
+        // this password was being checked stands; otherwise guessing in parallel would
+        // sidestep the lockout.
+        let cleared = sqlx::query(
+            "UPDATE users SET failed_logins = 0, locked_until = NULL \
+             WHERE id = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+        )
+        .bind(&user.id)
+        .bind(Timestamp::now().as_micros())
+        .execute(&mut *tx)
+        .await?;
+        if cleared.rows_affected() == 0 {
+            tx.rollback().await?;
+            let until: Option<i64> = sqlx::query("SELECT locked_until FROM users WHERE id = $1")
+                .bind(&user.id)
+                .fetch_one(store.pool())
+                .await?
+                .try_get("locked_until")?;
+            gpuaas_audit::record_standalone(
+                store,
+                &audit::anonymous(&email, "auth.login", self.user_resource(&user), AuditResult::Denied, correlation_id),
+            )
             .await?;
+            let retry_after =
+                until.map_or(Duration::ZERO, |until| Timestamp::from_micros(until).since(Timestamp::now()));
+            return Err(IamError::AccountLocked { retry_after: retry_after.max(Duration::from_secs(1)) });
+        }
         let mut entry =
             audit::anonymous(&user.id, "auth.login", self.user_resource(&user), AuditResult::Success, correlation_id);
         entry.actor_type = gpuaas_audit::ActorType::User;

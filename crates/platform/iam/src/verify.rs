@@ -2,10 +2,10 @@
 //! external OIDC provider.
 //!
 //! Keys come from each issuer's JWKS, cached and refreshed every five minutes and when
-//! a token names an unknown `kid` (for remote providers at most once per 30 s, so a
-//! flood of forged kids cannot hammer the provider). Only asymmetric algorithms are
-//! accepted, and the key's own family must match the token's `alg`; `none` and HS*
-//! never verify.
+//! a token names an unknown `kid` (for remote providers at most one attempt per 30 s,
+//! successful or not, so neither a flood of forged kids nor an outage hammers the
+//! provider). Only asymmetric algorithms are accepted, and the key's own family must
+//! match the token's `alg`; `none` and HS* never verify.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +24,9 @@ pub const ACCEPTED_ALGORITHMS: &[Algorithm] = &[Algorithm::RS256, Algorithm::ES2
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
-const REMOTE_UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Default least time between two fetches of a remote JWKS (successful or not) that
+/// tokens naming an unknown `kid`, or a failing refresh, may trigger.
+pub const REMOTE_UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(30);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A token longer than this is not one anybody issued to us.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -46,7 +48,10 @@ pub enum RemoteJwks {
 
 struct CachedKeys {
     keys: HashMap<String, (DecodingKey, Option<Algorithm>)>,
+    /// The last successful fetch.
     fetched_at: Option<Instant>,
+    /// The last fetch, successful or not.
+    attempted_at: Option<Instant>,
 }
 
 /// One trusted issuer: its `iss`, accepted audiences and key cache.
@@ -54,6 +59,8 @@ pub struct TrustedIssuer {
     pub issuer: String,
     pub audiences: Vec<String>,
     source: JwksSource,
+    /// For a remote source: how soon after the last fetch attempt another may happen.
+    unknown_kid_min_interval: Duration,
     cache: Mutex<CachedKeys>,
 }
 
@@ -63,21 +70,31 @@ impl TrustedIssuer {
             issuer: issuer.into(),
             audiences,
             source,
-            cache: Mutex::new(CachedKeys { keys: HashMap::new(), fetched_at: None }),
+            unknown_kid_min_interval: REMOTE_UNKNOWN_KID_MIN_INTERVAL,
+            cache: Mutex::new(CachedKeys { keys: HashMap::new(), fetched_at: None, attempted_at: None }),
         }
+    }
+
+    /// Overrides [`REMOTE_UNKNOWN_KID_MIN_INTERVAL`] (tests shorten it).
+    pub fn with_unknown_kid_min_interval(mut self, interval: Duration) -> Self {
+        self.unknown_kid_min_interval = interval;
+        self
     }
 
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Option<Algorithm>), IamError> {
         let mut cache = self.cache.lock().await;
         let stale = cache.fetched_at.is_none_or(|at| at.elapsed() >= JWKS_MAX_AGE);
         let unknown = !cache.keys.contains_key(kid);
-        let may_refetch_for_unknown = match self.source {
+        // A remote provider is asked at most once per interval whether or not the last
+        // attempt worked, so neither forged kids nor an outage turn requests into fetches.
+        let may_fetch = match self.source {
             JwksSource::Local(_) => true,
             JwksSource::Remote { .. } => {
-                cache.fetched_at.is_none_or(|at| at.elapsed() >= REMOTE_UNKNOWN_KID_MIN_INTERVAL)
+                cache.attempted_at.is_none_or(|at| at.elapsed() >= self.unknown_kid_min_interval)
             }
         };
-        if stale || (unknown && may_refetch_for_unknown) {
+        if (stale || unknown) && may_fetch {
+            cache.attempted_at = Some(Instant::now());
             match self.fetch().await {
                 Ok(keys) => {
                     cache.keys = keys;
@@ -89,6 +106,8 @@ impl TrustedIssuer {
                 }
                 Err(error) => return Err(error),
             }
+        } else if cache.fetched_at.is_none() {
+            return Err(IamError::Provider("the provider's JWKS is unavailable; retrying shortly".into()));
         }
         cache.keys.get(kid).cloned().ok_or_else(|| IamError::TokenInvalid("unknown signing key".into()))
     }
