@@ -85,7 +85,7 @@ async fn signing_key_rotation_keeps_old_tokens_valid(backend: Backend) {
         assert_eq!(key["alg"], "EdDSA");
         assert!(key.get("d").is_none(), "no private material in the JWKS");
     }
-    let rows = audit_rows(&env.store, &format!("signing_key:{new_kid}")).await;
+    let rows = audit_rows(&env.store, &format!("gpuaas:local:-:-:signing_key:{new_kid}")).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].action, "auth.signing_key.rotate");
 
