@@ -321,7 +321,11 @@ impl Iam {
         .fetch_optional(self.store().pool())
         .await?;
         let presented = secret_hash(client_secret);
-        let Some(row) = row else {
+        let stored: Option<String> = row.as_ref().map(|row| row.try_get("secret_hash")).transpose()?;
+        let Some(row) =
+            row.filter(|_| stored.is_some_and(|hash| constant_time_eq(hash.as_bytes(), presented.as_bytes())))
+        else {
+            // Unknown client and wrong secret are one answer and one audit row.
             let entry = audit::anonymous(
                 client_id,
                 "auth.service_account_token",
@@ -332,18 +336,6 @@ impl Iam {
             gpuaas_audit::record_standalone(self.store(), &entry).await?;
             return Err(IamError::InvalidCredentials);
         };
-        let stored: String = row.try_get("secret_hash")?;
-        if !constant_time_eq(stored.as_bytes(), presented.as_bytes()) {
-            let entry = audit::anonymous(
-                client_id,
-                "auth.service_account_token",
-                format!("client:{client_id}"),
-                gpuaas_audit::AuditResult::Failure,
-                correlation_id,
-            );
-            gpuaas_audit::record_standalone(self.store(), &entry).await?;
-            return Err(IamError::InvalidCredentials);
-        }
         let account_scopes: String = row.try_get("scopes")?;
         let account_scopes: Vec<&str> = account_scopes.split_whitespace().collect();
         let granted: Vec<&str> = match scope {
