@@ -29,6 +29,15 @@ pub const RATELIMIT_WRITE_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.writ
 pub const RATELIMIT_WRITE_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.write.per_minute");
 pub const RATELIMIT_ADMIN_BURST: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.burst");
 pub const RATELIMIT_ADMIN_PER_MINUTE: PolicyKey<i64> = PolicyKey::new("ratelimit.admin.per_minute");
+pub const NODES_ENROLLMENT_TOKEN_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.enrollment_token_ttl_seconds");
+pub const NODES_CERTIFICATE_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.certificate_ttl_seconds");
+pub const NODES_HEARTBEAT_INTERVAL_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.heartbeat_interval_seconds");
+pub const NODES_OFFLINE_AFTER_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.offline_after_seconds");
+pub const NODES_TASK_LEASE_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.task_lease_seconds");
+pub const NODES_TASK_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.task_ttl_seconds");
+pub const NODES_TASK_MAX_ATTEMPTS: PolicyKey<i64> = PolicyKey::new("nodes.task_max_attempts");
+pub const NODES_PROBE_WAIT_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.probe_wait_seconds");
+pub const NODES_EXPOSE_HOSTNAMES: PolicyKey<bool> = PolicyKey::new("nodes.expose_hostnames");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -56,6 +65,14 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     RATELIMIT_WRITE_PER_MINUTE,
     RATELIMIT_ADMIN_BURST,
     RATELIMIT_ADMIN_PER_MINUTE,
+    NODES_ENROLLMENT_TOKEN_TTL_SECONDS,
+    NODES_CERTIFICATE_TTL_SECONDS,
+    NODES_HEARTBEAT_INTERVAL_SECONDS,
+    NODES_OFFLINE_AFTER_SECONDS,
+    NODES_TASK_LEASE_SECONDS,
+    NODES_TASK_TTL_SECONDS,
+    NODES_TASK_MAX_ATTEMPTS,
+    NODES_PROBE_WAIT_SECONDS,
 ];
 
-pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED];
+pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED, NODES_EXPOSE_HOSTNAMES];

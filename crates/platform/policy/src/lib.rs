@@ -37,6 +37,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112306_auth_policy.sql"),
         postgres: include_str!("../migrations/2026112306_auth_policy.sql"),
     },
+    Migration {
+        version: 2026112335,
+        name: "node_policy",
+        sqlite: include_str!("../migrations/2026112335_node_policy.sql"),
+        postgres: include_str!("../migrations/2026112335_node_policy.sql"),
+    },
 ];
 
 /// A named policy value of type `T` (stored as JSON text).

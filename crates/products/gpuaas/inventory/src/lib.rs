@@ -1,1 +1,121 @@
-//! placeholder
+//! The node plane: the SKU catalog, nodes with their GPUs and resource slots, node
+//! enrollment (one-time tokens, certificates from the CA), heartbeats and offline
+//! detection, and the queue of signed typed tasks nodes pull over mTLS.
+//!
+//! This crate owns `sku_catalog`, `nodes`, `node_gpus`, `node_resource_slots`,
+//! `node_enrollment_tokens`, `node_certificates` and `node_tasks`. It must never store
+//! an enrollment token in clear or a private key at all, never trust a node id that did
+//! not come from a verified certificate, never hand a task to a node it is not bound
+//! to, and never queue a task whose parameters fail the protocol's validation.
+
+mod audit;
+pub mod enrollment;
+mod error;
+pub mod nodes;
+pub mod skus;
+pub mod slots;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
+use gpuaas_nodeagent_protocol::TaskSigner;
+use gpuaas_pki::CaClient;
+use gpuaas_policy::PolicyClient;
+use gpuaas_store::{Migration, Store};
+
+pub use audit::Actor;
+pub use error::InventoryError;
+pub use nodes::{NodeFilter, NodeGpu, NodePage, NodeStatus, NodeSummary, NodeView, OnboardingMode};
+pub use skus::{NewSku, Sku, SkuUpdate};
+pub use tasks::{NodeTask, TaskStatus};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026112340,
+    name: "inventory",
+    sqlite: include_str!("../migrations/2026112340_inventory.sql"),
+    postgres: include_str!("../migrations/2026112340_inventory.sql"),
+}];
+
+/// How the node plane is reached and named.
+#[derive(Clone)]
+pub struct NodePlaneConfig {
+    /// The mTLS listener's URL as agents reach it (`https://host:8443`).
+    pub internal_url: String,
+    pub resource_ids: ResourceIdFormat,
+}
+
+/// The node-plane service. Cheap to clone.
+#[derive(Clone)]
+pub struct NodePlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    policy: PolicyClient,
+    ca: Arc<dyn CaClient>,
+    signer: TaskSigner,
+    config: NodePlaneConfig,
+    waiters: tasks::Waiters,
+}
+
+impl NodePlane {
+    pub fn new(
+        store: Store,
+        policy: PolicyClient,
+        ca: Arc<dyn CaClient>,
+        signer: TaskSigner,
+        config: NodePlaneConfig,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { store, policy, ca, signer, config, waiters: tasks::Waiters::default() }) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn policy(&self) -> &PolicyClient {
+        &self.inner.policy
+    }
+
+    pub fn internal_url(&self) -> &str {
+        &self.inner.config.internal_url
+    }
+
+    pub fn task_signing_public_key(&self) -> String {
+        self.inner.signer.public_key_base64()
+    }
+
+    pub fn ca_certificate_pem(&self) -> String {
+        self.inner.ca.ca_certificate_pem()
+    }
+
+    /// The canonical id of a node-plane resource, as audit rows and events name it.
+    pub(crate) fn resource_id(&self, resource_type: ResourceType, id: &str) -> String {
+        let format = &self.inner.config.resource_ids;
+        match ResourceId::new(format.region(), None::<&str>, None::<&str>, resource_type, id) {
+            Ok(resource) => resource.format(format),
+            Err(_) => format!("{}:{id}", resource_type.as_str()),
+        }
+    }
+}
+
+/// Random, URL-safe secret of 32 bytes (256 bits) with a recognisable prefix.
+pub(crate) fn random_token(prefix: &str) -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// SHA-256 of a high-entropy secret; lookups by hash stay an index seek.
+pub(crate) fn secret_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+pub(crate) fn bool_flag(value: i64) -> bool {
+    value != 0
+}

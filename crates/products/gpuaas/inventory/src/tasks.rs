@@ -1,0 +1,465 @@
+//! The queue of typed tasks nodes pull. `queued → leased → succeeded | failed`,
+//! `queued → expired`; a lease that runs out hands the task out again until its
+//! attempts are spent. Every delivery is signed afresh (new nonce, window ending with
+//! the lease), so a re-delivery is never mistaken for a replay and a captured delivery
+//! is useless once the lease ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gpuaas_kernel::{Cursor, ResourceType, Timestamp, new_id};
+use gpuaas_nodeagent_protocol::signing::Delivery;
+use gpuaas_nodeagent_protocol::wire::MAX_TASKS_PER_PULL;
+use gpuaas_nodeagent_protocol::{Inventory, SignedTask, Task, TaskOutcome, TaskResult, TaskType};
+use gpuaas_policy::keys;
+use gpuaas_store::sqlx::{self, Row as _};
+use gpuaas_store::{Row, Store};
+use serde::Serialize;
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+
+use crate::nodes::NodeStatus;
+use crate::{Actor, InventoryError, NodePlane};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Leased,
+    Succeeded,
+    Failed,
+    Expired,
+}
+
+impl TaskStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Leased => "leased",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Queued, Self::Leased, Self::Succeeded, Self::Failed, Self::Expired]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired)
+    }
+}
+
+/// A task as operators (and the provisioning workflow) see it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct NodeTask {
+    pub id: String,
+    pub node_id: String,
+    pub task_type: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub status: TaskStatus,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub leased_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub completed_at: Option<Timestamp>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    /// Set when the agent refused the task before acting (`bad_signature`, `replayed`, …).
+    pub refusal_code: Option<String>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskPage {
+    pub items: Vec<NodeTask>,
+    pub next_cursor: Option<String>,
+}
+
+const TASK_COLUMNS: &str = "id, node_id, task_type, params, status, attempts, max_attempts, created_at, expires_at, \
+     leased_at, completed_at, result, error, refusal_code, correlation_id";
+
+fn task_from_row(row: &Row) -> Result<NodeTask, InventoryError> {
+    let status: String = row.try_get("status")?;
+    let params: String = row.try_get("params")?;
+    let result: Option<String> = row.try_get("result")?;
+    let json = |text: &str| serde_json::from_str(text).map_err(|e| InventoryError::Corrupt(e.to_string()));
+    Ok(NodeTask {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        task_type: row.try_get("task_type")?,
+        params: json(&params)?,
+        status: TaskStatus::parse(&status).ok_or(InventoryError::Corrupt(status))?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        created_at: Timestamp::from_micros(row.try_get("created_at")?),
+        expires_at: Timestamp::from_micros(row.try_get("expires_at")?),
+        leased_at: row.try_get::<Option<i64>, _>("leased_at")?.map(Timestamp::from_micros),
+        completed_at: row.try_get::<Option<i64>, _>("completed_at")?.map(Timestamp::from_micros),
+        result: result.as_deref().map(json).transpose()?,
+        error: row.try_get("error")?,
+        refusal_code: row.try_get("refusal_code")?,
+        correlation_id: row.try_get("correlation_id")?,
+    })
+}
+
+/// Pulls waiting in this process, by node. Enqueueing wakes the node's pull at once;
+/// work queued by another process is found by [`NodePlane::wake_waiting_nodes`].
+#[derive(Default)]
+pub(crate) struct Waiters {
+    by_node: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn notify_for(&self, node_id: &str) -> Arc<Notify> {
+        let mut map = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(node_id.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, node_id: &str) {
+        let map = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(notify) = map.get(node_id) {
+            notify.notify_one();
+        }
+    }
+
+    fn waiting(&self) -> Vec<String> {
+        let map = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().filter(|(_, notify)| Arc::strong_count(notify) > 1).map(|(id, _)| id.clone()).collect()
+    }
+
+    fn forget_idle(&self, node_id: &str) {
+        let mut map = self.by_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(node_id).is_some_and(|notify| Arc::strong_count(notify) == 1) {
+            map.remove(node_id);
+        }
+    }
+}
+
+/// What a sweep changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub requeued: u64,
+    pub failed: u64,
+    pub expired: u64,
+}
+
+pub async fn get(store: &Store, task_id: &str) -> Result<NodeTask, InventoryError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM node_tasks WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(task_id).fetch_optional(store.pool()).await?;
+    row.as_ref().map(task_from_row).transpose()?.ok_or(InventoryError::NotFound("task"))
+}
+
+/// A node's tasks, newest first.
+pub async fn list_for_node(
+    store: &Store,
+    node_id: &str,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<TaskPage, InventoryError> {
+    let (condition, cursor) = match cursor {
+        Some(text) => (" AND (created_at < $2 OR (created_at = $2 AND id < $3))", Some(Cursor::decode(text)?)),
+        None => ("", None),
+    };
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM node_tasks WHERE node_id = $1{condition} ORDER BY created_at DESC, id DESC LIMIT {}",
+        i64::from(limit) + 1
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node_id);
+    if let Some(cursor) = &cursor {
+        query = query.bind(cursor.sort_key).bind(cursor.id.clone());
+    }
+    let rows = query.fetch_all(store.pool()).await?;
+    let mut items = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| Cursor::new(last.created_at.as_micros(), last.id.clone()).encode())
+    } else {
+        None
+    };
+    Ok(TaskPage { items, next_cursor })
+}
+
+impl NodePlane {
+    /// Queues a validated task for a node. Refused for nodes that are retired or not
+    /// yet enrolled, and for parameters the protocol rejects.
+    pub async fn enqueue_task(&self, actor: &Actor, node_id: &str, task: &Task) -> Result<NodeTask, InventoryError> {
+        task.validate().map_err(|message| InventoryError::invalid("params", message))?;
+        let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
+        let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
+        let id = new_id().to_string();
+        let now = Timestamp::now();
+        let params = task.params().to_string();
+        let mut tx = self.store().begin().await?;
+        match crate::nodes::lock_status(&mut tx, self.store().dialect(), node_id).await? {
+            NodeStatus::Retired => return Err(InventoryError::NodeRetired),
+            NodeStatus::PendingEnrollment => {
+                return Err(InventoryError::Conflict("the node has not enrolled yet".into()));
+            }
+            _ => {}
+        }
+        sqlx::query(
+            "INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
+             correlation_id, created_by, created_at) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(node_id)
+        .bind(task.task_type().as_str())
+        .bind(&params)
+        .bind(max_attempts.max(1))
+        .bind(now.saturating_add(ttl).as_micros())
+        .bind(&actor.correlation_id)
+        .bind(&actor.id)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.inner.waiters.wake(node_id);
+        get(self.store(), &id).await
+    }
+
+    /// Leases up to [`MAX_TASKS_PER_PULL`] queued tasks of the node, waiting up to
+    /// `wait` for one to arrive. Each is signed for this delivery.
+    pub async fn pull_tasks(&self, node_id: &str, wait: Duration) -> Result<Vec<SignedTask>, InventoryError> {
+        let notify = self.inner.waiters.notify_for(node_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        let result = loop {
+            // Register interest before looking, so an enqueue between the look and the
+            // wait is not missed.
+            let notified = notify.notified();
+            let leased = self.lease(node_id).await;
+            match leased {
+                Ok(tasks) if tasks.is_empty() => {}
+                other => break other,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break Ok(Vec::new());
+            }
+        };
+        drop(notify);
+        self.inner.waiters.forget_idle(node_id);
+        result
+    }
+
+    async fn lease(&self, node_id: &str) -> Result<Vec<SignedTask>, InventoryError> {
+        let lease = self.policy().get_duration_secs(keys::NODES_TASK_LEASE_SECONDS).await?;
+        let now = Timestamp::now();
+        let lease_until = now.saturating_add(lease);
+        let sql = format!(
+            "UPDATE node_tasks SET status = 'leased', attempts = attempts + 1, leased_at = $2, lease_expires_at = $3, \
+             first_leased_at = COALESCE(first_leased_at, $2) \
+             WHERE id IN (SELECT id FROM node_tasks WHERE node_id = $1 AND status = 'queued' AND expires_at > $2 \
+             ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}{}) AND status = 'queued' \
+             RETURNING id, task_type, params, expires_at",
+            self.store().dialect().skip_locked()
+        );
+        let mut tx = self.store().begin().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node_id)
+            .bind(now.as_micros())
+            .bind(lease_until.as_micros())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let task_type: String = row.try_get("task_type")?;
+            let params: String = row.try_get("params")?;
+            let params: serde_json::Value =
+                serde_json::from_str(&params).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
+            let expires_at = Timestamp::from_micros(row.try_get("expires_at")?).min(lease_until);
+            deliveries.push(self.inner.signer.sign(&Delivery {
+                task_id: &id,
+                node_id,
+                task_type: &task_type,
+                params: &params,
+                not_before: now,
+                expires_at,
+            }));
+        }
+        if !deliveries.is_empty() {
+            tracing::debug!(node_id, count = deliveries.len(), "tasks leased");
+        }
+        Ok(deliveries)
+    }
+
+    /// Records the node's result for a task it holds. A second report of an already
+    /// finished task is answered with its current state (agents retry on network
+    /// errors). A refusal is audited: it means a delivery failed verification.
+    pub async fn complete_task(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        result: &TaskResult,
+        correlation_id: &str,
+    ) -> Result<NodeTask, InventoryError> {
+        let (status, error, refusal_code) = match result.outcome {
+            TaskOutcome::Succeeded => (TaskStatus::Succeeded, None, None),
+            TaskOutcome::Failed => (
+                TaskStatus::Failed,
+                Some(result.error.clone().unwrap_or_else(|| "failed without a reason".into())),
+                None,
+            ),
+            TaskOutcome::Refused => {
+                let refusal = result
+                    .refusal
+                    .as_ref()
+                    .ok_or_else(|| InventoryError::invalid("refusal", "a refused result names its refusal"))?;
+                (TaskStatus::Failed, Some(refusal.message.clone()), Some(refusal.code.as_str()))
+            }
+        };
+        // Host error text is the agent's to word; keep it bounded rather than refuse it.
+        let error = error.map(|text| text.chars().filter(|c| !c.is_control()).take(4096).collect::<String>());
+        let output = result.output.to_string();
+        if output.len() > 1 << 20 {
+            return Err(InventoryError::invalid("output", "at most 1 MiB"));
+        }
+        let mut tx = self.store().begin().await?;
+        let sql = format!("SELECT {TASK_COLUMNS} FROM node_tasks WHERE id = $1 AND node_id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(task_id).bind(node_id).fetch_optional(&mut *tx).await?;
+        // Another node's task is answered exactly like a missing one.
+        let task = row.as_ref().map(task_from_row).transpose()?.ok_or(InventoryError::NotFound("task"))?;
+        if task.status != TaskStatus::Leased {
+            drop(tx);
+            if task.status.is_terminal() {
+                return Ok(task);
+            }
+            return Err(InventoryError::Conflict(format!("the task is {}, not leased", task.status.as_str())));
+        }
+        let inventory = if status == TaskStatus::Succeeded && task.task_type == TaskType::NodeInventory.as_str() {
+            let inventory: Inventory = serde_json::from_value(result.output.clone())
+                .map_err(|e| InventoryError::invalid("output", format!("not an inventory: {e}")))?;
+            inventory.validate().map_err(|message| InventoryError::invalid("output", message))?;
+            Some(inventory)
+        } else {
+            None
+        };
+        let now = Timestamp::now().as_micros();
+        sqlx::query(
+            "UPDATE node_tasks SET status = $2, result = $3, error = $4, refusal_code = $5, completed_at = $6 \
+             WHERE id = $1",
+        )
+        .bind(task_id)
+        .bind(status.as_str())
+        .bind(output)
+        .bind(error.clone())
+        .bind(refusal_code)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(inventory) = &inventory {
+            crate::nodes::store_inventory(&mut tx, node_id, inventory, now).await?;
+        }
+        if let Some(code) = refusal_code {
+            let mut entry = Actor::node(node_id, correlation_id).entry(
+                "node.task.refused",
+                self.resource_id(ResourceType::Node, node_id),
+                serde_json::json!({"task_id": task_id, "task_type": task.task_type, "refusal_code": code, "message": error}),
+            );
+            entry.result = gpuaas_audit::AuditResult::Denied;
+            gpuaas_audit::record(&mut tx, &entry).await?;
+        }
+        tx.commit().await?;
+        if let Some(code) = refusal_code {
+            tracing::warn!(node_id, task_id, refusal_code = code, "node refused a task delivery");
+        }
+        get(self.store(), task_id).await
+    }
+
+    /// Hands out again tasks whose lease ran out (or fails them when their attempts
+    /// are spent) and expires queued tasks nobody pulled in time.
+    pub async fn sweep_tasks(&self) -> Result<SweepReport, InventoryError> {
+        let now = Timestamp::now().as_micros();
+        let mut tx = self.store().begin().await?;
+        let failed = sqlx::query(
+            "UPDATE node_tasks SET status = 'failed', completed_at = $1, \
+             error = 'the node did not report a result before its last lease ended' \
+             WHERE status = 'leased' AND lease_expires_at < $1 AND attempts >= max_attempts",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let requeued: Vec<String> = sqlx::query_scalar(
+            "UPDATE node_tasks SET status = 'queued', lease_expires_at = NULL \
+             WHERE status = 'leased' AND lease_expires_at < $1 AND attempts < max_attempts AND expires_at > $1 \
+             RETURNING node_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = sqlx::query(
+            "UPDATE node_tasks SET status = 'expired', completed_at = $1, error = 'not delivered before it expired' \
+             WHERE (status = 'queued' AND expires_at <= $1) OR (status = 'leased' AND lease_expires_at < $1)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        for node_id in &requeued {
+            self.inner.waiters.wake(node_id);
+        }
+        Ok(SweepReport { requeued: requeued.len() as u64, failed, expired })
+    }
+
+    /// Wakes this process's waiting pulls for nodes that have queued work, so tasks
+    /// queued by another process are delivered within one call of this.
+    pub async fn wake_waiting_nodes(&self) -> Result<usize, InventoryError> {
+        let waiting = self.inner.waiters.waiting();
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let nodes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT node_id FROM node_tasks WHERE status = 'queued'")
+            .fetch_all(self.store().pool())
+            .await?;
+        let waiting: std::collections::HashSet<String> = waiting.into_iter().collect();
+        let mut woken = 0;
+        for node in nodes.iter().filter(|node| waiting.contains(*node)) {
+            self.inner.waiters.wake(node);
+            woken += 1;
+        }
+        Ok(woken)
+    }
+
+    /// Queues a `node.inventory` task and waits up to the policy's probe time for the
+    /// node's answer. The returned task says whether it finished.
+    pub async fn probe(&self, actor: &Actor, node_id: &str) -> Result<NodeTask, InventoryError> {
+        let wait = self.policy().get_duration_secs(keys::NODES_PROBE_WAIT_SECONDS).await?;
+        let mut tx = self.store().begin().await?;
+        let status = crate::nodes::lock_status(&mut tx, self.store().dialect(), node_id).await?;
+        let entry = actor.entry(
+            "node.probe",
+            self.resource_id(ResourceType::Node, node_id),
+            serde_json::json!({"status": status.as_str()}),
+        );
+        gpuaas_audit::record(&mut tx, &entry).await?;
+        tx.commit().await?;
+        let task = self.enqueue_task(actor, node_id, &Task::NodeInventory).await?;
+        self.wait_for_task(&task.id, wait).await
+    }
+
+    /// Polls a task until it finishes or `wait` passes; returns its latest state.
+    pub async fn wait_for_task(&self, task_id: &str, wait: Duration) -> Result<NodeTask, InventoryError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let task = get(self.store(), task_id).await?;
+            if task.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(task);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
