@@ -30,11 +30,17 @@ pub enum Command {
         /// Address of the public API.
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
+        /// Address of the mTLS listener node agents connect to (default 127.0.0.1:8443).
+        #[arg(long, value_name = "HOST:PORT")]
+        internal_listen: Option<String>,
     },
     /// Run in production mode: DATABASE_URL (PostgreSQL), NATS_URL (JetStream).
     Serve {
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
+        /// Address of the mTLS listener node agents connect to (default 127.0.0.1:8443).
+        #[arg(long, value_name = "HOST:PORT")]
+        internal_listen: Option<String>,
         /// What this process runs; repeat for several. Default: all.
         #[arg(long = "role", value_enum)]
         roles: Vec<Role>,
@@ -106,22 +112,24 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
             print!("{}", crate::openapi::document_json());
             return ExitCode::SUCCESS;
         }
-        Command::Up { data_dir, listen } => (
+        Command::Up { data_dir, listen, internal_listen } => (
             Mode::Embedded,
             CliOverrides {
                 config_file: cli.config.clone(),
                 listen: listen.clone(),
                 data_dir: data_dir.clone(),
                 roles: vec![],
+                internal_listen: internal_listen.clone(),
             },
         ),
-        Command::Serve { listen, roles } => (
+        Command::Serve { listen, internal_listen, roles } => (
             Mode::Production,
             CliOverrides {
                 config_file: cli.config.clone(),
                 listen: listen.clone(),
                 data_dir: None,
                 roles: roles.clone(),
+                internal_listen: internal_listen.clone(),
             },
         ),
         // Handled by `dispatch` before any server configuration is read.
@@ -143,6 +151,7 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
                     listen: None,
                     data_dir: data_dir.clone(),
                     roles: vec![],
+                    internal_listen: None,
                 },
             )
         }

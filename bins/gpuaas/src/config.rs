@@ -51,6 +51,9 @@ struct FileConfig {
     region: Option<String>,
     resource_id_prefix: Option<String>,
     oidc: Option<FileOidc>,
+    internal_listen: Option<String>,
+    internal_url: Option<String>,
+    pki_dir: Option<PathBuf>,
 }
 
 /// `[oidc]` in the TOML file. The client secret is only read from the environment.
@@ -90,6 +93,7 @@ pub struct CliOverrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub roles: Vec<Role>,
+    pub internal_listen: Option<String>,
 }
 
 #[derive(Clone)]
@@ -111,6 +115,13 @@ pub struct Config {
     pub admin: Option<AdminBootstrap>,
     /// Prefix and region of canonical resource ids (`gpuaas:{region}:…`).
     pub resource_ids: gpuaas_kernel::ResourceIdFormat,
+    /// Address of the mTLS listener node agents connect to.
+    pub internal_listen: SocketAddr,
+    /// That listener's URL as agents reach it; told to them at enrollment.
+    pub internal_url: String,
+    /// Where the node CA's key and certificate and the task-signing key live. Every
+    /// process of one installation must see the same files.
+    pub pki_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Config {
@@ -128,6 +139,9 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("oidc_issuer", &self.oidc.as_ref().map(|o| o.issuer_url.as_str()))
             .field("admin_email", &self.admin.as_ref().map(|a| a.email.as_str()))
+            .field("internal_listen", &self.internal_listen)
+            .field("internal_url", &self.internal_url)
+            .field("pki_dir", &self.pki_dir)
             .finish()
     }
 }
@@ -140,6 +154,7 @@ pub struct ConfigError(pub Vec<String>);
 impl Config {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     pub const DEFAULT_DATA_DIR: &'static str = "./.gpuaas";
+    pub const DEFAULT_INTERNAL_LISTEN: &'static str = "127.0.0.1:8443";
 
     /// Loads from the real process environment.
     pub fn load(mode: Mode, cli: &CliOverrides) -> Result<Self, ConfigError> {
@@ -324,6 +339,37 @@ impl Config {
             }
         };
 
+        let internal_text = cli
+            .internal_listen
+            .clone()
+            .or_else(|| env_or(&["GPUAAS_INTERNAL_LISTEN"]))
+            .or(file.internal_listen)
+            .unwrap_or_else(|| Self::DEFAULT_INTERNAL_LISTEN.to_owned());
+        let internal_listen = internal_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problems.push(format!("internal_listen: {internal_text:?} is not an address like 127.0.0.1:8443"));
+            SocketAddr::from(([127, 0, 0, 1], 8443))
+        });
+        let internal_url = env_or(&["GPUAAS_INTERNAL_URL"])
+            .or(file.internal_url)
+            .unwrap_or_else(|| {
+                // An unspecified bind address is no place to connect to; agents on the
+                // same host reach it on loopback, others need GPUAAS_INTERNAL_URL.
+                let host = if internal_listen.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    internal_listen.ip()
+                };
+                format!("https://{}", SocketAddr::new(host, internal_listen.port()))
+            })
+            .trim_end_matches('/')
+            .to_owned();
+        match url::Url::parse(&internal_url) {
+            Ok(url) if url.scheme() == "https" && url.host_str().is_some() => {}
+            _ => problems.push(format!("internal_url: {internal_url:?} must be an https:// URL with a host")),
+        }
+        let pki_dir =
+            env_or(&["GPUAAS_PKI_DIR"]).map(PathBuf::from).or(file.pki_dir).unwrap_or_else(|| data_dir.join("pki"));
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -342,6 +388,9 @@ impl Config {
             oidc,
             admin,
             resource_ids,
+            internal_listen,
+            internal_url,
+            pki_dir,
         })
     }
 

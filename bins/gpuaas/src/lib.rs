@@ -22,6 +22,7 @@ pub fn migrations() -> Vec<Migration> {
         gpuaas_http::MIGRATIONS,
         gpuaas_audit::MIGRATIONS,
         gpuaas_iam::MIGRATIONS,
+        gpuaas_inventory::MIGRATIONS,
     ]
     .into_iter()
     .flatten()

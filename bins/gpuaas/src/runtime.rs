@@ -27,6 +27,48 @@ pub struct Platform {
     pub policy: PolicyClient,
     pub iam: Iam,
     pub rate_limiter: Arc<dyn RateLimiter>,
+    pub nodes: gpuaas_inventory::NodePlane,
+}
+
+/// File of the control plane's task-signing key, inside the PKI dir.
+pub const TASK_SIGNING_KEY_FILE: &str = "task-signing.key";
+/// Lifetime of the internal listener's own certificate; a new one is issued per start.
+const INTERNAL_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The node plane over `store`: the built-in CA and the task-signing key from the PKI
+/// dir (created on first start; never stored in the database).
+pub fn node_plane(
+    config: &Config,
+    store: &Store,
+    policy: &PolicyClient,
+) -> anyhow::Result<gpuaas_inventory::NodePlane> {
+    let ca = gpuaas_pki::BuiltinCa::load_or_create(&config.pki_dir)
+        .with_context(|| format!("node CA in {}", config.pki_dir.display()))?;
+    let signing_key = gpuaas_pki::load_or_create_signing_key(&config.pki_dir.join(TASK_SIGNING_KEY_FILE))
+        .context("task-signing key")?;
+    Ok(gpuaas_inventory::NodePlane::new(
+        store.clone(),
+        policy.clone(),
+        Arc::new(ca),
+        gpuaas_nodeagent_protocol::TaskSigner::new(signing_key),
+        gpuaas_inventory::NodePlaneConfig {
+            internal_url: config.internal_url.clone(),
+            resource_ids: config.resource_ids.clone(),
+        },
+    ))
+}
+
+/// Names the internal listener's certificate must carry: the advertised URL's host,
+/// and loopback for agents on the same machine.
+fn internal_server_names(config: &Config) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if let Some(host) = url::Url::parse(&config.internal_url).ok().and_then(|url| url.host_str().map(str::to_owned)) {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    names
 }
 
 impl Platform {
@@ -65,13 +107,14 @@ impl Platform {
             ),
             _ => Arc::new(InProcessLimiter::new()),
         };
-        Ok(Self { config, store, bus, policy, iam, rate_limiter })
+        let nodes = node_plane(&config, &store, &policy)?;
+        Ok(Self { config, store, bus, policy, iam, rate_limiter, nodes })
     }
 }
 
 /// Runs the configured roles until `shutdown` fires, then drains and returns.
 pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Platform { config, store, bus, policy, iam, rate_limiter } = platform;
+    let Platform { config, store, bus, policy, iam, rate_limiter, nodes } = platform;
     let mut tasks = JoinSet::new();
     let stop = shutdown.child_token();
 
@@ -84,20 +127,40 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
             metrics: gpuaas_telemetry::metrics_handle(),
             iam: iam.clone(),
             rate_limiter,
+            nodes: nodes.clone(),
         };
-        let app = router(state, axum::Router::new()).await?;
+        let app = router(state.clone(), axum::Router::new()).await?;
+        let internal_app = crate::api::internal::router(state, crate::api::max_body_bytes(&policy).await?);
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         println!("gpuaas is serving on http://{address}");
         tracing::info!(%address, mode = ?config.mode, database = store.dialect().name(), bus = bus.name(), "api listening");
-        let stop = stop.clone();
+        let http_stop = stop.clone();
         tasks.spawn(async move {
             axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
                 .await
                 .context("http server")
         });
+
+        let ca = gpuaas_pki::BuiltinCa::load_or_create(&config.pki_dir)?;
+        let identity = gpuaas_pki::CaClient::issue_server_certificate(
+            &ca,
+            &internal_server_names(&config),
+            INTERNAL_CERTIFICATE_VALIDITY,
+        )
+        .await
+        .context("internal listener certificate")?;
+        let tls = gpuaas_pki::mtls_server_config(&gpuaas_pki::CaClient::ca_certificate_pem(&ca), &identity)?;
+        let internal = TcpListener::bind(config.internal_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (internal, mTLS)", config.internal_listen))?;
+        let internal_address = internal.local_addr()?;
+        println!("node agents connect to {} (mTLS, listening on {internal_address})", config.internal_url);
+        tracing::info!(address = %internal_address, url = %config.internal_url, "internal mTLS listener");
+        tasks.spawn(crate::api::internal::serve(internal, tls, internal_app, stop.clone()));
+        tasks.spawn(node_wake_loop(nodes.clone(), stop.clone()));
     }
     if config.runs(Role::Relay) {
         let relay = Relay::new(store.clone(), bus.clone());
@@ -105,6 +168,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
     }
     if config.runs(Role::Workers) {
         tasks.spawn(housekeeping_loop(store.clone(), stop.clone()));
+        tasks.spawn(node_plane_loop(nodes.clone(), stop.clone()));
     }
     tracing::info!(roles = ?config.roles, "gpuaas started");
 
@@ -278,6 +342,42 @@ async fn housekeeping_loop(store: Store, stop: CancellationToken) -> anyhow::Res
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
+        }
+    }
+}
+
+const NODE_PLANE_INTERVAL: Duration = Duration::from_secs(5);
+const NODE_WAKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Offline detection and the node task sweep, owned by the workers role. Failures are
+/// logged and retried on the next tick: a database hiccup must not stop detection.
+async fn node_plane_loop(nodes: gpuaas_inventory::NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        if let Err(error) = nodes.mark_offline().await {
+            tracing::error!(%error, "offline detection failed");
+        }
+        match nodes.sweep_tasks().await {
+            Ok(report) if report != Default::default() => tracing::info!(?report, "node tasks swept"),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "node task sweep failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(NODE_PLANE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Wakes this process's parked pulls for tasks another process queued (an enqueue in
+/// this process wakes them at once).
+async fn node_wake_loop(nodes: gpuaas_inventory::NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        if let Err(error) = nodes.wake_waiting_nodes().await {
+            tracing::warn!(%error, "waking node pulls failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(NODE_WAKE_INTERVAL) => {}
         }
     }
 }

@@ -66,3 +66,15 @@ impl IntoResponse for HandlerError {
         response
     }
 }
+
+impl From<gpuaas_inventory::InventoryError> for HandlerError {
+    fn from(error: gpuaas_inventory::InventoryError) -> Self {
+        let code = error.code();
+        let api = match (&error, error.field()) {
+            (_, Some(field)) => ApiError::invalid_field(field, error.to_string()),
+            _ if code == ErrCode::InternalError => ApiError::internal(&error),
+            _ => ApiError::new(code, error.to_string()),
+        };
+        api.into()
+    }
+}

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod internal;
+pub mod nodes;
 pub mod projects;
 pub mod security;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub iam: gpuaas_iam::Iam,
     /// In-process for `up`, Redis for `serve` when REDIS_URL is set.
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// SKUs, nodes, enrollment and the node task queue.
+    pub nodes: gpuaas_inventory::NodePlane,
 }
 
 /// Reads per-class bucket limits from policy (the policy client caches). A policy read
@@ -94,6 +98,7 @@ pub async fn max_body_bytes(policy: &PolicyClient) -> Result<usize, gpuaas_polic
 pub fn route_table() -> RouteTable {
     use axum::http::Method;
     use gpuaas_iam::Permission::{AdminRead, AdminWrite, Authenticated, ProjectAdmin, ProjectRead, Public};
+    const NODE: &str = "/api/v1/admin/nodes/{node_id}";
     RouteTable::default()
         .add(Method::GET, "/", Public, landing)
         .add(Method::GET, "/metrics", Public, metrics)
@@ -145,6 +150,22 @@ pub fn route_table() -> RouteTable {
         .add(Method::POST, "/api/v1/admin/signing-keys/rotate", AdminWrite, admin::rotate_signing_key)
         .add(Method::GET, "/api/v1/admin/audit-logs", AdminRead, admin::audit_logs)
         .add(Method::GET, "/api/v1/admin/audit-logs/export", AdminRead, admin::export_audit_logs)
+        .add(Method::GET, "/api/v1/skus", Authenticated, nodes::list_skus)
+        .add(Method::GET, "/api/v1/nodes", Authenticated, nodes::list_public_nodes)
+        .add(Method::POST, "/api/v1/nodes/enroll", Public, nodes::enroll)
+        .add(Method::GET, "/api/v1/admin/skus", AdminRead, nodes::admin_list_skus)
+        .add(Method::POST, "/api/v1/admin/skus", AdminWrite, nodes::create_sku)
+        .add(Method::PATCH, "/api/v1/admin/skus/{sku_id}", AdminWrite, nodes::update_sku)
+        .add(Method::GET, "/api/v1/admin/nodes", AdminRead, nodes::admin_list_nodes)
+        .add(Method::POST, "/api/v1/admin/nodes", AdminWrite, nodes::register_node)
+        .add(Method::GET, NODE, AdminRead, nodes::get_node)
+        .add(Method::DELETE, NODE, AdminWrite, nodes::retire_node)
+        .add(Method::POST, "/api/v1/admin/nodes/{node_id}/drain", AdminWrite, nodes::drain_node)
+        .add(Method::POST, "/api/v1/admin/nodes/{node_id}/resume", AdminWrite, nodes::resume_node)
+        .add(Method::POST, "/api/v1/admin/nodes/{node_id}/probe", AdminWrite, nodes::probe_node)
+        .add(Method::POST, "/api/v1/admin/nodes/{node_id}/enrollment-token", AdminWrite, nodes::issue_enrollment_token)
+        .add(Method::POST, "/api/v1/admin/nodes/{node_id}/revoke-certificates", AdminWrite, nodes::revoke_certificates)
+        .add(Method::GET, "/api/v1/admin/nodes/{node_id}/tasks", AdminRead, nodes::list_node_tasks)
 }
 
 /// Builds the whole router. `extra` lets tests mount routes under the same stack.

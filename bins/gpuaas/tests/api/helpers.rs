@@ -20,6 +20,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub policy: PolicyClient,
+    pub nodes: gpuaas_inventory::NodePlane,
+    /// The node CA's key, certificate and the task-signing key.
+    pub pki_dir: tempfile::TempDir,
     tokens: Mutex<HashMap<String, String>>,
     _database: TestDatabase,
 }
@@ -50,6 +53,20 @@ impl TestApp {
             reqwest::Client::new(),
         );
         iam.bootstrap_admin(ADMIN_EMAIL, PASSWORD).await.unwrap_or_else(|e| panic!("{e}"));
+        let pki_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = gpuaas_pki::BuiltinCa::load_or_create(pki_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let signing_key = gpuaas_pki::load_or_create_signing_key(&pki_dir.path().join("task-signing.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let nodes = gpuaas_inventory::NodePlane::new(
+            store.clone(),
+            policy.clone(),
+            Arc::new(ca),
+            gpuaas_nodeagent_protocol::TaskSigner::new(signing_key),
+            gpuaas_inventory::NodePlaneConfig {
+                internal_url: "https://127.0.0.1:8443".into(),
+                resource_ids: Default::default(),
+            },
+        );
         let state = AppState {
             store: store.clone(),
             bus,
@@ -57,6 +74,7 @@ impl TestApp {
             metrics: gpuaas_telemetry::metrics_handle(),
             iam,
             rate_limiter: Arc::new(InProcessLimiter::new()),
+            nodes: nodes.clone(),
         };
         let app = router(state, echo_routes().merge(extra)).await.unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
@@ -67,6 +85,8 @@ impl TestApp {
             client: reqwest::Client::new(),
             store,
             policy,
+            nodes,
+            pki_dir,
             tokens: Mutex::new(HashMap::new()),
             _database: database,
         }
