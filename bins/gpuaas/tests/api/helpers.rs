@@ -21,6 +21,10 @@ pub struct TestApp {
     pub store: Store,
     pub policy: PolicyClient,
     pub nodes: gpuaas_inventory::NodePlane,
+    /// The internal mTLS listener (`https://127.0.0.1:PORT`), served like `up` does.
+    pub internal_base: String,
+    /// PEM of the CA that signs node certificates and the internal listener's.
+    pub ca_pem: String,
     /// The node CA's key, certificate and the task-signing key.
     pub pki_dir: tempfile::TempDir,
     tokens: Mutex<HashMap<String, String>>,
@@ -55,6 +59,18 @@ impl TestApp {
         iam.bootstrap_admin(ADMIN_EMAIL, PASSWORD).await.unwrap_or_else(|e| panic!("{e}"));
         let pki_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ca = gpuaas_pki::BuiltinCa::load_or_create(pki_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let ca_pem = gpuaas_pki::CaClient::ca_certificate_pem(&ca);
+        let server_identity = gpuaas_pki::CaClient::issue_server_certificate(
+            &ca,
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tls = gpuaas_pki::mtls_server_config(&ca_pem, &server_identity).unwrap_or_else(|e| panic!("{e}"));
+        let internal_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let internal_base =
+            format!("https://{}", internal_listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
         let signing_key = gpuaas_pki::load_or_create_signing_key(&pki_dir.path().join("task-signing.key"))
             .unwrap_or_else(|e| panic!("{e}"));
         let nodes = gpuaas_inventory::NodePlane::new(
@@ -63,7 +79,7 @@ impl TestApp {
             Arc::new(ca),
             gpuaas_nodeagent_protocol::TaskSigner::new(signing_key),
             gpuaas_inventory::NodePlaneConfig {
-                internal_url: "https://127.0.0.1:8443".into(),
+                internal_url: internal_base.clone(),
                 resource_ids: Default::default(),
             },
         );
@@ -76,6 +92,13 @@ impl TestApp {
             rate_limiter: Arc::new(InProcessLimiter::new()),
             nodes: nodes.clone(),
         };
+        let internal_app = gpuaas::api::internal::router(state.clone(), 1 << 20);
+        tokio::spawn(gpuaas::api::internal::serve(
+            internal_listener,
+            tls,
+            internal_app,
+            tokio_util::sync::CancellationToken::new(),
+        ));
         let app = router(state, echo_routes().merge(extra)).await.unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
@@ -86,6 +109,8 @@ impl TestApp {
             store,
             policy,
             nodes,
+            internal_base,
+            ca_pem,
             pki_dir,
             tokens: Mutex::new(HashMap::new()),
             _database: database,
