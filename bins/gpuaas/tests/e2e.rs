@@ -25,6 +25,8 @@ fn gpuaas() -> Command {
     ] {
         command.env_remove(name);
     }
+    // Tests run side by side: each process gets its own internal (mTLS) port.
+    command.env("GPUAAS_INTERNAL_LISTEN", format!("127.0.0.1:{}", free_port()));
     command.stdin(Stdio::null()).kill_on_drop(true);
     command
 }

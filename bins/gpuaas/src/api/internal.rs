@@ -89,7 +89,7 @@ async fn pull_tasks(
     if wait > MAX_PULL_WAIT_SECONDS {
         return Err(ApiError::invalid_field("wait_seconds", format!("at most {MAX_PULL_WAIT_SECONDS}")).into());
     }
-    let tasks = state.nodes.pull_tasks(&node.node_id, Duration::from_secs(wait)).await?;
+    let tasks = state.nodes.pull_tasks_as(&node, Duration::from_secs(wait)).await?;
     Ok(Json(PullResponse { tasks }))
 }
 

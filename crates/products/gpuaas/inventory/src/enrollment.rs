@@ -82,6 +82,8 @@ fn check_csr(csr_pem: &str) -> Result<(), InventoryError> {
 pub struct AuthenticatedNode {
     pub node_id: String,
     pub status: NodeStatus,
+    /// The certificate it authenticated with, to check again during a long wait.
+    pub certificate: PeerCertificate,
 }
 
 impl NodePlane {
@@ -186,8 +188,10 @@ impl NodePlane {
         .execute(&mut *tx)
         .await?;
         insert_certificate(&mut tx, &node_id, &issued, now).await?;
+        // A node drained before it enrolled keeps the operator's intent.
         sqlx::query(
-            "UPDATE nodes SET status = CASE WHEN status = 'pending_enrollment' THEN 'active' ELSE status END, \
+            "UPDATE nodes SET status = CASE WHEN status <> 'pending_enrollment' THEN status \
+             WHEN drain_requested = 1 THEN 'draining' ELSE 'active' END, \
              enrolled_at = $2, reported_hostname = $3, agent_version = $4, last_heartbeat_at = $2, updated_at = $2 \
              WHERE id = $1",
         )
@@ -279,7 +283,7 @@ impl NodePlane {
         if status == NodeStatus::Retired {
             return Err(InventoryError::NodeRetired);
         }
-        Ok(AuthenticatedNode { node_id, status })
+        Ok(AuthenticatedNode { node_id, status, certificate: peer.clone() })
     }
 
     /// Revokes every certificate of a node: its agent is refused on its next request.

@@ -566,7 +566,14 @@ impl NodePlane {
         let interval = self.policy().get(keys::NODES_HEARTBEAT_INTERVAL_SECONDS).await?;
         let now = Timestamp::now().as_micros();
         let mut tx = self.store().begin().await?;
-        let row = sqlx::query("SELECT status, drain_requested, inventory_updated_at FROM nodes WHERE id = $1")
+        // Locked like every lifecycle change, so a retire or an offline mark that commits
+        // first is seen here rather than overwritten with a stale status.
+        let lock = match self.store().dialect() {
+            gpuaas_store::Dialect::Postgres => " FOR UPDATE",
+            gpuaas_store::Dialect::Sqlite => "",
+        };
+        let sql = format!("SELECT status, drain_requested, inventory_updated_at FROM nodes WHERE id = $1{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(node_id)
             .fetch_optional(&mut *tx)
             .await?

@@ -232,12 +232,39 @@ impl NodePlane {
     /// Leases up to [`MAX_TASKS_PER_PULL`] queued tasks of the node, waiting up to
     /// `wait` for one to arrive. Each is signed for this delivery.
     pub async fn pull_tasks(&self, node_id: &str, wait: Duration) -> Result<Vec<SignedTask>, InventoryError> {
+        self.pull(node_id, wait, None).await
+    }
+
+    /// [`Self::pull_tasks`] for a node that authenticated with a certificate: the
+    /// certificate is checked again each time the wait ends, so a node revoked or
+    /// retired while its pull was parked gets no task.
+    pub async fn pull_tasks_as(
+        &self,
+        node: &crate::enrollment::AuthenticatedNode,
+        wait: Duration,
+    ) -> Result<Vec<SignedTask>, InventoryError> {
+        self.pull(&node.node_id, wait, Some(&node.certificate)).await
+    }
+
+    async fn pull(
+        &self,
+        node_id: &str,
+        wait: Duration,
+        certificate: Option<&gpuaas_pki::PeerCertificate>,
+    ) -> Result<Vec<SignedTask>, InventoryError> {
         let notify = self.inner.waiters.notify_for(node_id);
         let deadline = tokio::time::Instant::now() + wait;
+        let mut first = true;
         let result = loop {
             // Register interest before looking, so an enqueue between the look and the
             // wait is not missed.
             let notified = notify.notified();
+            if let (Some(certificate), false) = (certificate, first)
+                && let Err(error) = self.authenticate_node(certificate).await
+            {
+                break Err(error);
+            }
+            first = false;
             let leased = self.lease(node_id).await;
             match leased {
                 Ok(tasks) if tasks.is_empty() => {}
