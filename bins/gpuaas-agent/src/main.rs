@@ -1,13 +1,5 @@
-//! The node agent. It will enroll with the control plane and pull signed, typed tasks;
-//! for now it only reports its version.
+//! The node agent's command line; see [`gpuaas_agent::cli`].
 
-fn main() {
-    let argument = std::env::args().nth(1);
-    match argument.as_deref() {
-        None | Some("version" | "--version" | "-V") => println!("gpuaas-agent {}", env!("CARGO_PKG_VERSION")),
-        Some(other) => {
-            eprintln!("gpuaas-agent: unknown command {other:?}; this build only supports `version`");
-            std::process::exit(2);
-        }
-    }
+fn main() -> std::process::ExitCode {
+    gpuaas_agent::cli::main_with_args(std::env::args_os())
 }
