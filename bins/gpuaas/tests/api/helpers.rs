@@ -69,8 +69,7 @@ impl TestApp {
         .unwrap_or_else(|e| panic!("{e}"));
         let tls = gpuaas_pki::mtls_server_config(&ca_pem, &server_identity).unwrap_or_else(|e| panic!("{e}"));
         let internal_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-        let internal_base =
-            format!("https://{}", internal_listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let internal_base = format!("https://{}", internal_listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
         let signing_key = gpuaas_pki::load_or_create_signing_key(&pki_dir.path().join("task-signing.key"))
             .unwrap_or_else(|e| panic!("{e}"));
         let nodes = gpuaas_inventory::NodePlane::new(
@@ -78,10 +77,7 @@ impl TestApp {
             policy.clone(),
             Arc::new(ca),
             gpuaas_nodeagent_protocol::TaskSigner::new(signing_key),
-            gpuaas_inventory::NodePlaneConfig {
-                internal_url: internal_base.clone(),
-                resource_ids: Default::default(),
-            },
+            gpuaas_inventory::NodePlaneConfig { internal_url: internal_base.clone(), resource_ids: Default::default() },
         );
         let state = AppState {
             store: store.clone(),

@@ -5,5 +5,6 @@ mod admin;
 mod auth;
 mod helpers;
 mod idempotency;
+mod nodes;
 mod ratelimit;
 mod system;
