@@ -131,6 +131,20 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         };
         let app = router(state.clone(), axum::Router::new()).await?;
         let internal_app = crate::api::internal::router(state, crate::api::max_body_bytes(&policy).await?);
+        let identity = nodes
+            .ca()
+            .issue_server_certificate(&internal_server_names(&config), INTERNAL_CERTIFICATE_VALIDITY)
+            .await
+            .context("internal listener certificate")?;
+        let tls = gpuaas_pki::mtls_server_config(&nodes.ca_certificate_pem(), &identity)?;
+        let internal = TcpListener::bind(config.internal_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (internal, mTLS)", config.internal_listen))?;
+        let internal_address = internal.local_addr()?;
+        // Printed before the public line: scripts and tests wait for that one as the
+        // sign that the platform is up, and may stop reading there.
+        println!("node agents connect to {} (mTLS, listening on {internal_address})", config.internal_url);
+        tracing::info!(address = %internal_address, url = %config.internal_url, "internal mTLS listener");
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
@@ -144,21 +158,6 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
                 .context("http server")
         });
 
-        let ca = gpuaas_pki::BuiltinCa::load_or_create(&config.pki_dir)?;
-        let identity = gpuaas_pki::CaClient::issue_server_certificate(
-            &ca,
-            &internal_server_names(&config),
-            INTERNAL_CERTIFICATE_VALIDITY,
-        )
-        .await
-        .context("internal listener certificate")?;
-        let tls = gpuaas_pki::mtls_server_config(&gpuaas_pki::CaClient::ca_certificate_pem(&ca), &identity)?;
-        let internal = TcpListener::bind(config.internal_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (internal, mTLS)", config.internal_listen))?;
-        let internal_address = internal.local_addr()?;
-        println!("node agents connect to {} (mTLS, listening on {internal_address})", config.internal_url);
-        tracing::info!(address = %internal_address, url = %config.internal_url, "internal mTLS listener");
         tasks.spawn(crate::api::internal::serve(internal, tls, internal_app, stop.clone()));
         tasks.spawn(node_wake_loop(nodes.clone(), stop.clone()));
     }

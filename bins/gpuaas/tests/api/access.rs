@@ -51,7 +51,9 @@ fn every_route_declares_a_permission_and_is_documented() {
             assert!(spec.permission.is_operator_only(), "{} {} must be operator-only", spec.method, spec.path);
         }
         if spec.permission == Permission::Public {
+            // Enrollment is authenticated by its one-time token, in the body.
             let public = spec.path.starts_with("/api/v1/auth/")
+                || spec.path == "/api/v1/nodes/enroll"
                 || spec.path.starts_with("/.well-known/")
                 || ["/", "/metrics", "/api/v1/healthz", "/api/v1/readyz", "/api/v1/buildinfo", "/api/v1/openapi.json"]
                     .contains(&spec.path);

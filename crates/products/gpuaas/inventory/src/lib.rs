@@ -87,6 +87,11 @@ impl NodePlane {
         self.inner.signer.public_key_base64()
     }
 
+    /// The CA that signs node certificates (and the internal listener's).
+    pub fn ca(&self) -> &Arc<dyn CaClient> {
+        &self.inner.ca
+    }
+
     pub fn ca_certificate_pem(&self) -> String {
         self.inner.ca.ca_certificate_pem()
     }
@@ -114,6 +119,17 @@ pub(crate) fn random_token(prefix: &str) -> String {
 pub(crate) fn secret_hash(secret: &str) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// A duplicate insert becomes a 409 saying what already exists; other errors pass.
+pub(crate) fn conflict_on_duplicate<T>(
+    result: Result<T, gpuaas_store::sqlx::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<T, InventoryError> {
+    match result {
+        Err(error) if gpuaas_store::is_unique_violation(&error) => Err(InventoryError::Conflict(what())),
+        other => Ok(other?),
+    }
 }
 
 pub(crate) fn bool_flag(value: i64) -> bool {

@@ -432,12 +432,7 @@ impl NodePlane {
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await;
-        match inserted {
-            Err(error) if gpuaas_store::is_unique_violation(&error) => {
-                return Err(InventoryError::Conflict(format!("a node named {} is registered", new.hostname)));
-            }
-            other => other?,
-        };
+        crate::conflict_on_duplicate(inserted, || format!("a node named {} is registered", new.hostname))?;
         for index in 0..sku.gpus_per_node {
             sqlx::query("INSERT INTO node_resource_slots (node_id, gpu_index) VALUES ($1, $2)")
                 .bind(&id)

@@ -210,12 +210,7 @@ impl NodePlane {
         .bind(now)
         .execute(&mut *tx)
         .await;
-        match inserted {
-            Err(error) if gpuaas_store::is_unique_violation(&error) => {
-                return Err(InventoryError::Conflict(format!("a SKU named {} exists", new.name)));
-            }
-            other => other?,
-        };
+        crate::conflict_on_duplicate(inserted, || format!("a SKU named {} exists", new.name))?;
         let entry = actor.entry(
             "sku.create",
             self.resource_id(ResourceType::Sku, &id),

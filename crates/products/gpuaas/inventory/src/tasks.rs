@@ -465,16 +465,15 @@ impl NodePlane {
     /// node's answer. The returned task says whether it finished.
     pub async fn probe(&self, actor: &Actor, node_id: &str) -> Result<NodeTask, InventoryError> {
         let wait = self.policy().get_duration_secs(keys::NODES_PROBE_WAIT_SECONDS).await?;
-        let mut tx = self.store().begin().await?;
-        let status = crate::nodes::lock_status(&mut tx, self.store().dialect(), node_id).await?;
+        let task = self.enqueue_task(actor, node_id, &Task::NodeInventory).await?;
+        // Audited once queued, so a refused probe (node retired or not enrolled) leaves
+        // no row claiming success.
         let entry = actor.entry(
             "node.probe",
             self.resource_id(ResourceType::Node, node_id),
-            serde_json::json!({"status": status.as_str()}),
+            serde_json::json!({"task_id": task.id}),
         );
-        gpuaas_audit::record(&mut tx, &entry).await?;
-        tx.commit().await?;
-        let task = self.enqueue_task(actor, node_id, &Task::NodeInventory).await?;
+        gpuaas_audit::record_standalone(self.store(), &entry).await?;
         self.wait_for_task(&task.id, wait).await
     }
 
