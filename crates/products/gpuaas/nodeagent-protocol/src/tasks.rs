@@ -427,7 +427,8 @@ mod tests {
         let extra = Task::parse("node.inventory", &serde_json::json!({"command": "id"}));
         assert_eq!(extra.map_err(|r| r.code), Err(RefusalCode::InvalidParams));
 
-        let cases: Vec<Box<dyn Fn(&mut ProvisionUserParams)>> = vec![
+        type Mutation = Box<dyn Fn(&mut ProvisionUserParams)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|p| p.username = "root".into()),
             Box::new(|p| p.username = "a;b".into()),
             Box::new(|p| p.username = "Upper".into()),
