@@ -190,7 +190,7 @@ async fn enroll_all(
             let Ok(_permit) = permits.acquire_owned().await else { return };
             let hostname = sim_hostname(index);
             let request = EnrollOptions { server_url: server, token, hostname: hostname.clone(), force: false };
-            match enroll::enroll(&client, &dir, &request).await {
+            match enroll_patiently(&client, &dir, &request).await {
                 Ok(_) => {
                     if let Err(error) = dir.write(TOKEN_MARK_FILE, token_hash(&request.token).as_bytes()) {
                         warn!(node = %hostname, %error, "could not mark the token as spent");
@@ -254,5 +254,28 @@ mod tests {
         let json = serde_json::to_string(&builtin_inventory()).unwrap_or_default();
         assert_eq!(DeclaredInventory::parse(&json), Ok(builtin_inventory()));
         assert_eq!(agent_dir(Path::new("/s"), 7), PathBuf::from("/s/node-00007"));
+    }
+}
+
+/// Most waits for one agent's enrollment while the control plane rate-limits.
+const ENROLL_RATE_LIMIT_RETRIES: u32 = 600;
+
+/// Enrolls, waiting and retrying while the control plane answers 429: a whole
+/// simulated fleet enrolls from one address and shares its rate limit, as a rack
+/// behind one NAT would.
+async fn enroll_patiently(
+    client: &reqwest::Client,
+    dir: &crate::state::StateDir,
+    request: &EnrollOptions,
+) -> Result<crate::state::AgentState, enroll::EnrollError> {
+    let mut attempt = 0;
+    loop {
+        match enroll::enroll(client, dir, request).await {
+            Err(enroll::EnrollError::Refused { status: 429, .. }) if attempt < ENROLL_RATE_LIMIT_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
     }
 }
