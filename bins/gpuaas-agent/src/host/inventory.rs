@@ -38,17 +38,46 @@ pub fn collect(options: &InventoryOptions, driver: &dyn HostDriver) -> Result<In
     let (source, gpus) = gpus(options)?;
     let mut allocation_users = driver.allocation_users()?;
     allocation_users.retain(|user| gpuaas_nodeagent_protocol::tasks::is_valid_username(user));
+    let facts = host_facts()?;
     let inventory = Inventory {
         source,
         hostname: hostname(options)?,
-        cpu_cores: cpu_cores(),
-        memory_bytes: meminfo_bytes("MemTotal")?,
-        disk_bytes: root_disk_bytes()?,
+        cpu_cores: facts.cpu_cores,
+        memory_bytes: facts.memory_bytes,
+        disk_bytes: facts.disk_bytes,
         gpus,
         allocation_users,
     };
     inventory.validate().map_err(HostError::Inventory)?;
     Ok(inventory)
+}
+
+/// CPU, memory and disk size of the host: they change with hardware, not between two
+/// heartbeats, and measuring the disk spawns `df`. One measurement serves every agent
+/// of the process (the fleet simulator runs thousands) for [`HOST_FACTS_TTL`].
+#[derive(Debug, Clone, Copy)]
+struct HostFacts {
+    cpu_cores: u32,
+    memory_bytes: u64,
+    disk_bytes: u64,
+}
+
+const HOST_FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn host_facts() -> Result<HostFacts, HostError> {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static CACHE: Mutex<Option<(Instant, HostFacts)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((measured, facts)) = *cache
+        && measured.elapsed() < HOST_FACTS_TTL
+    {
+        return Ok(facts);
+    }
+    let facts =
+        HostFacts { cpu_cores: cpu_cores(), memory_bytes: meminfo_bytes("MemTotal")?, disk_bytes: root_disk_bytes()? };
+    *cache = Some((Instant::now(), facts));
+    Ok(facts)
 }
 
 /// The `node.health` report. Never fails: what could not be measured is listed under
