@@ -890,7 +890,49 @@ async fn nodes_internal_api_refuses_bad_input(backend: Backend) {
     envelope(internal_on_public, 404, "route_not_found").await;
 }
 
+async fn nodes_admin_list_pages_and_filters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.token_for("admin").await;
+    let big = create_sku(&app, &admin, "page-big", 8).await;
+    create_sku(&app, &admin, "page-small", 1).await;
+    let mut registered = Vec::new();
+    for index in 0..5 {
+        let sku = if index % 2 == 0 { "page-big" } else { "page-small" };
+        registered.push(register(&app, &admin, &format!("page-{index}"), sku).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/v1/admin/nodes?limit=2&cursor={cursor}"),
+            None => "/api/v1/admin/nodes?limit=2".to_owned(),
+        };
+        let page = json(app.get(&path, &admin).await, 200).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(items.iter().map(|item| item["id"].as_str().unwrap_or_default().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    // Newest first, each node exactly once.
+    registered.reverse();
+    assert_eq!(seen, registered);
+
+    let sku_id = big["id"].as_str().unwrap_or_default();
+    let filtered = json(app.get(&format!("/api/v1/admin/nodes?sku_id={sku_id}"), &admin).await, 200).await;
+    let names: Vec<&str> =
+        filtered["items"].as_array().into_iter().flatten().filter_map(|item| item["hostname"].as_str()).collect();
+    assert_eq!(names, ["page-4", "page-2", "page-0"]);
+    let pending = json(app.get("/api/v1/admin/nodes?status=pending_enrollment&limit=200", &admin).await, 200).await;
+    assert_eq!(pending["items"].as_array().map(Vec::len), Some(5));
+    envelope(app.get("/api/v1/admin/nodes?cursor=bogus", &admin).await, 400, "validation_error").await;
+    envelope(app.get("/api/v1/admin/nodes?limit=0", &admin).await, 400, "validation_error").await;
+}
+
 gpuaas_testkit::both_backends!(
+    nodes_admin_list_pages_and_filters,
     sku_catalog_is_managed_by_operators_and_read_by_users,
     enrollment_tokens_are_one_time_and_expire,
     nodes_heartbeat_over_mtls_and_other_certificates_are_refused,
