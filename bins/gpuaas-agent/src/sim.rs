@@ -238,25 +238,6 @@ fn warn_about_open_file_limit(count: usize) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spent_tokens_are_skipped() {
-        let spent: HashSet<String> = [token_hash("b")].into_iter().collect();
-        let tokens = unused_tokens("a\n# comment\n\n b \nc\n", &spent);
-        assert_eq!(tokens, vec!["a".to_owned(), "c".to_owned()]);
-    }
-
-    #[test]
-    fn the_builtin_declaration_is_valid() {
-        let json = serde_json::to_string(&builtin_inventory()).unwrap_or_default();
-        assert_eq!(DeclaredInventory::parse(&json), Ok(builtin_inventory()));
-        assert_eq!(agent_dir(Path::new("/s"), 7), PathBuf::from("/s/node-00007"));
-    }
-}
-
 /// Most waits for one agent's enrollment while the control plane rate-limits.
 const ENROLL_RATE_LIMIT_RETRIES: u32 = 600;
 
@@ -277,5 +258,24 @@ async fn enroll_patiently(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spent_tokens_are_skipped() {
+        let spent: HashSet<String> = [token_hash("b")].into_iter().collect();
+        let tokens = unused_tokens("a\n# comment\n\n b \nc\n", &spent);
+        assert_eq!(tokens, vec!["a".to_owned(), "c".to_owned()]);
+    }
+
+    #[test]
+    fn the_builtin_declaration_is_valid() {
+        let json = serde_json::to_string(&builtin_inventory()).unwrap_or_default();
+        assert_eq!(DeclaredInventory::parse(&json), Ok(builtin_inventory()));
+        assert_eq!(agent_dir(Path::new("/s"), 7), PathBuf::from("/s/node-00007"));
     }
 }

@@ -7,6 +7,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use gpuaas_audit::AuditResult;
 use gpuaas_iam::accounts::{UserFilter, list_users};
 use gpuaas_iam::{ActorType, GlobalRole, IamError, SessionTokens, UserStatus};

@@ -7,6 +7,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use gpuaas_iam::{ActorType, GlobalRole, IamError, Permission, ProjectRole};
 use gpuaas_testkit::{Backend, both_backends};
 use support::{CORR, Env, SignedIn, admin, audit_rows, env, jwt_claims, user};

@@ -10,6 +10,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use std::time::Duration;
 
 use gpuaas_iam::{ActorType, GlobalRole, IamError, IamOptions};

@@ -398,6 +398,33 @@ fn server_bin(env: &str, name: &str) -> PathBuf {
     })
 }
 
+/// The error of a call that must fail; panics with the value when it succeeded.
+pub fn err<T: std::fmt::Debug, E>(result: Result<T, E>) -> E {
+    match result {
+        Ok(value) => panic!("expected an error, got Ok({value:?})"),
+        Err(error) => error,
+    }
+}
+
+/// Asserts that an expression fails with an error matching the pattern (matched
+/// against a reference, optionally with a guard) and evaluates to the error.
+///
+/// ```ignore
+/// let error = assert_err!(service.call().await, MyError::NotFound(_));
+/// ```
+#[macro_export]
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
+        let error = $crate::err($result);
+        assert!(
+            matches!(&error, $pattern $(if $guard)?),
+            "expected {}, got {error:?}",
+            stringify!($pattern $(if $guard)?)
+        );
+        error
+    }};
+}
+
 /// Runs an async test body `fn(Backend)` once on SQLite and once on PostgreSQL.
 ///
 /// ```ignore

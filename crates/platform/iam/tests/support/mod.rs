@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use gpuaas_audit::{AuditFilter, AuditLog};
-use gpuaas_iam::{AuthContext, GlobalRole, Iam, IamConfig, IamError, IamOptions, OidcConfig, SessionTokens, User};
+use gpuaas_iam::{AuthContext, GlobalRole, Iam, IamConfig, IamOptions, OidcConfig, SessionTokens, User};
 use gpuaas_kernel::Timestamp;
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{Migration, PoolSettings, Store};
@@ -50,27 +50,9 @@ pub fn now_secs() -> i64 {
     Timestamp::now().as_micros() / 1_000_000
 }
 
-/// The error of a call that must fail.
-pub fn err<T: Debug>(result: Result<T, IamError>) -> IamError {
-    match result {
-        Ok(value) => panic!("expected an error, got Ok({value:?})"),
-        Err(error) => error,
-    }
-}
-
-/// Asserts that an expression fails with the given `IamError` pattern (matched
-/// against a reference, optionally with a guard) and returns the error.
-macro_rules! assert_err {
-    ($result:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
-        let error = $crate::support::err($result);
-        assert!(
-            matches!(&error, $pattern $(if $guard)?),
-            "expected {}, got {error:?}",
-            stringify!($pattern $(if $guard)?)
-        );
-        error
-    }};
-}
+// Not every test binary calls it directly; assert_err! and assert_invalid! do.
+#[allow(unused_imports)]
+pub use gpuaas_testkit::err;
 
 // ------------------------------------------------------------------ keys
 

@@ -7,6 +7,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use std::time::Duration;
 
 use gpuaas_inventory::nodes::NODE_ENROLLED_SUBJECT;

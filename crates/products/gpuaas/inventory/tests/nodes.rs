@@ -6,6 +6,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use std::collections::HashSet;
 use std::time::Duration;
 

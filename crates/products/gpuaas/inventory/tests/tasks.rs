@@ -7,6 +7,8 @@
 #[macro_use]
 mod support;
 
+use gpuaas_testkit::assert_err;
+
 use std::time::{Duration, Instant};
 
 use gpuaas_audit::AuditResult;

@@ -5,13 +5,12 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gpuaas_audit::{ActorType, AuditFilter, AuditLog};
 use gpuaas_inventory::nodes::{NewNode, RegisteredNode};
-use gpuaas_inventory::{Actor, InventoryError, NewSku, NodePlane, NodePlaneConfig, Sku};
+use gpuaas_inventory::{Actor, NewSku, NodePlane, NodePlaneConfig, Sku};
 use gpuaas_kernel::Timestamp;
 use gpuaas_nodeagent_protocol::signing::verifying_key_from_base64;
 use gpuaas_nodeagent_protocol::wire::{EnrollRequest, EnrollResponse, HeartbeatRequest};
@@ -32,26 +31,9 @@ pub const AGENT_VERSION: &str = "0.1.0-test";
 pub const INTERNAL_URL: &str = "https://127.0.0.1:8443";
 pub const GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
 
-/// The error of a call that must fail.
-pub fn err<T: Debug>(result: Result<T, InventoryError>) -> InventoryError {
-    match result {
-        Ok(value) => panic!("expected an error, got Ok({value:?})"),
-        Err(error) => error,
-    }
-}
-
-/// Asserts that a result is an error matching the pattern; evaluates to the error.
-macro_rules! assert_err {
-    ($result:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
-        let error = $crate::support::err($result);
-        assert!(
-            matches!(&error, $pattern $(if $guard)?),
-            "expected {}, got {error:?}",
-            stringify!($pattern $(if $guard)?)
-        );
-        error
-    }};
-}
+// Not every test binary calls it directly; assert_err! and assert_invalid! do.
+#[allow(unused_imports)]
+pub use gpuaas_testkit::err;
 
 /// Asserts a validation error about `field`.
 macro_rules! assert_invalid {
