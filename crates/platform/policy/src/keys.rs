@@ -38,6 +38,11 @@ pub const NODES_TASK_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.task_tt
 pub const NODES_TASK_MAX_ATTEMPTS: PolicyKey<i64> = PolicyKey::new("nodes.task_max_attempts");
 pub const NODES_PROBE_WAIT_SECONDS: PolicyKey<i64> = PolicyKey::new("nodes.probe_wait_seconds");
 pub const NODES_EXPOSE_HOSTNAMES: PolicyKey<bool> = PolicyKey::new("nodes.expose_hostnames");
+pub const PAYMENTS_MIN_AMOUNT_MINOR: PolicyKey<i64> = PolicyKey::new("payments.min_amount_minor");
+pub const PAYMENTS_MAX_AMOUNT_MINOR: PolicyKey<i64> = PolicyKey::new("payments.max_amount_minor");
+pub const PAYMENTS_CURRENCIES: PolicyKey<Vec<String>> = PolicyKey::new("payments.currencies");
+pub const BILLING_REFUND_WINDOW_DAYS: PolicyKey<i64> = PolicyKey::new("billing.refund_window_days");
+pub const BILLING_CHECKPOINT_EVERY: PolicyKey<i64> = PolicyKey::new("billing.checkpoint_every");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -73,6 +78,10 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     NODES_TASK_TTL_SECONDS,
     NODES_TASK_MAX_ATTEMPTS,
     NODES_PROBE_WAIT_SECONDS,
+    PAYMENTS_MIN_AMOUNT_MINOR,
+    PAYMENTS_MAX_AMOUNT_MINOR,
+    BILLING_REFUND_WINDOW_DAYS,
+    BILLING_CHECKPOINT_EVERY,
 ];
 
 pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED, NODES_EXPOSE_HOSTNAMES];

@@ -43,6 +43,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112335_node_policy.sql"),
         postgres: include_str!("../migrations/2026112335_node_policy.sql"),
     },
+    Migration {
+        version: 2026112345,
+        name: "money_policy",
+        sqlite: include_str!("../migrations/2026112345_money_policy.sql"),
+        postgres: include_str!("../migrations/2026112345_money_policy.sql"),
+    },
 ];
 
 /// A named policy value of type `T` (stored as JSON text).

@@ -21,6 +21,8 @@ async fn every_key_is_seeded_and_typed(backend: Backend) {
     for key in keys::ALL_BOOL {
         policy.get(*key).await.unwrap_or_else(|e| panic!("{}: {e}", key.name));
     }
+    let currencies = policy.get(keys::PAYMENTS_CURRENCIES).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(currencies.iter().all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())), "{currencies:?}");
     assert_eq!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
     assert_eq!(policy.get(keys::RATELIMIT_AUTH_BURST).await.unwrap_or_default(), 20);
     assert_eq!(policy.get(keys::RATELIMIT_READ_PER_MINUTE).await.unwrap_or_default(), 600);
