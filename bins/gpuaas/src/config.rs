@@ -54,6 +54,25 @@ struct FileConfig {
     internal_listen: Option<String>,
     internal_url: Option<String>,
     pki_dir: Option<PathBuf>,
+    stripe: Option<FileStripe>,
+}
+
+/// `[stripe]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStripe {
+    secret_key: Option<String>,
+    /// Comma-separated: a rotated secret and its successor both verify.
+    webhook_secret: Option<String>,
+    api_base: Option<String>,
+}
+
+/// Card payments through Stripe. Secrets: never printed.
+#[derive(Clone)]
+pub struct StripeSettings {
+    pub secret_key: String,
+    pub webhook_secrets: Vec<String>,
+    pub api_base: String,
 }
 
 /// `[oidc]` in the TOML file. The client secret is only read from the environment.
@@ -122,6 +141,8 @@ pub struct Config {
     /// Where the node CA's key and certificate and the task-signing key live. Every
     /// process of one installation must see the same files.
     pub pki_dir: PathBuf,
+    /// None: payment endpoints answer 503 `payments_not_configured`.
+    pub stripe: Option<StripeSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -142,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("internal_listen", &self.internal_listen)
             .field("internal_url", &self.internal_url)
             .field("pki_dir", &self.pki_dir)
+            .field("stripe_api_base", &self.stripe.as_ref().map(|s| s.api_base.as_str()))
             .finish()
     }
 }
@@ -155,6 +177,7 @@ impl Config {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     pub const DEFAULT_DATA_DIR: &'static str = "./.gpuaas";
     pub const DEFAULT_INTERNAL_LISTEN: &'static str = "127.0.0.1:8443";
+    pub const DEFAULT_STRIPE_API_BASE: &'static str = "https://api.stripe.com";
 
     /// Loads from the real process environment.
     pub fn load(mode: Mode, cli: &CliOverrides) -> Result<Self, ConfigError> {
@@ -370,6 +393,40 @@ impl Config {
         let pki_dir =
             env_or(&["GPUAAS_PKI_DIR"]).map(PathBuf::from).or(file.pki_dir).unwrap_or_else(|| data_dir.join("pki"));
 
+        let file_stripe = file.stripe.unwrap_or_default();
+        let stripe_key = env_or(&["GPUAAS_STRIPE_SECRET_KEY"]).or(file_stripe.secret_key);
+        let webhook_secrets: Vec<String> = env_or(&["GPUAAS_STRIPE_WEBHOOK_SECRET"])
+            .or(file_stripe.webhook_secret)
+            .map(|text| text.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let stripe_base = env_or(&["GPUAAS_STRIPE_API_BASE"])
+            .or(file_stripe.api_base)
+            .unwrap_or_else(|| Self::DEFAULT_STRIPE_API_BASE.to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let stripe = match (stripe_key, webhook_secrets.is_empty()) {
+            (None, true) => None,
+            (Some(secret_key), false) => {
+                match url::Url::parse(&stripe_base) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                    _ => problems.push(format!("stripe.api_base: {stripe_base:?} must be an http(s) URL")),
+                }
+                Some(StripeSettings { secret_key, webhook_secrets, api_base: stripe_base })
+            }
+            (Some(_), true) => {
+                problems.push(
+                    "stripe.webhook_secret (GPUAAS_STRIPE_WEBHOOK_SECRET): required with the secret key, or no payment could ever be credited"
+                        .to_owned(),
+                );
+                None
+            }
+            (None, false) => {
+                problems
+                    .push("stripe.secret_key (GPUAAS_STRIPE_SECRET_KEY): required with the webhook secret".to_owned());
+                None
+            }
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -391,6 +448,7 @@ impl Config {
             internal_listen,
             internal_url,
             pki_dir,
+            stripe,
         })
     }
 
@@ -491,6 +549,37 @@ mod tests {
             assert!(text.contains(field), "{text}");
         }
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn stripe_needs_key_and_webhook_secret_together_and_takes_several_secrets() {
+        let config = load(Mode::Embedded, &CliOverrides::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.stripe.is_none(), "payments are off unless configured");
+        let env = [("GPUAAS_STRIPE_SECRET_KEY", "sk_test_1"), ("GPUAAS_STRIPE_WEBHOOK_SECRET", "whsec_new, whsec_old")];
+        let config = load(Mode::Embedded, &CliOverrides::default(), &env).unwrap_or_else(|e| panic!("{e}"));
+        let stripe = config.stripe.unwrap_or_else(|| panic!("stripe not configured"));
+        assert_eq!(stripe.webhook_secrets, ["whsec_new", "whsec_old"]);
+        assert_eq!(stripe.api_base, Config::DEFAULT_STRIPE_API_BASE);
+        assert!(!format!("{:?}", load(Mode::Embedded, &CliOverrides::default(), &env)).contains("sk_test_1"));
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("gpuaas.toml");
+        std::fs::write(&path, "[stripe]\nsecret_key = \"sk_file\"\nwebhook_secret = \"whsec_file\"\napi_base = \"http://127.0.0.1:12111/\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cli = CliOverrides { config_file: Some(path), ..Default::default() };
+        let from_file = load(Mode::Embedded, &cli, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let stripe = from_file.stripe.unwrap_or_else(|| panic!("stripe from file"));
+        assert_eq!((stripe.secret_key.as_str(), stripe.api_base.as_str()), ("sk_file", "http://127.0.0.1:12111"));
+
+        let only_key = load(Mode::Embedded, &CliOverrides::default(), &[("GPUAAS_STRIPE_SECRET_KEY", "sk_test_1")]);
+        let text = only_key.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("webhook_secret") && !text.contains("sk_test_1"), "{text}");
+        let bad_base = [
+            ("GPUAAS_STRIPE_SECRET_KEY", "sk"),
+            ("GPUAAS_STRIPE_WEBHOOK_SECRET", "wh"),
+            ("GPUAAS_STRIPE_API_BASE", "ftp://x"),
+        ];
+        assert!(load(Mode::Embedded, &CliOverrides::default(), &bad_base).is_err());
     }
 
     #[test]
