@@ -74,6 +74,43 @@ pub enum Command {
     /// Manage and use service accounts.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(crate::client::ServiceAccountCommand),
+    /// The ledger: `gpuaas ledger verify` recomputes every balance and checkpoint.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every account from its first entry; report any checkpoint or
+    /// numbering mismatch (exit 1). Uses DATABASE_URL, else the embedded database.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Post ledger entries in batches, then time balance reads.
+    Ledger {
+        /// A throwaway database to fill (PostgreSQL or sqlite:); default a new SQLite
+        /// file in a temp dir. Never point it at a real installation.
+        #[arg(long, env = "GPUAAS_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u64,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 10_000)]
+        reads: usize,
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: i64,
+    },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -95,6 +132,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Whoami => crate::client::whoami().await,
         Command::Admin(command) => crate::client::admin(command).await,
         Command::ServiceAccounts(command) => crate::client::service_accounts(command).await,
+        Command::Bench(BenchCommand::Ledger { database_url, entries, accounts, batch, reads, checkpoint_every }) => {
+            bench_ledger(database_url, crate::ledger::LedgerBench { entries, accounts, batch, reads, checkpoint_every })
+                .await
+        }
         command => return dispatch_platform(Cli { config: cli.config, command }).await,
     };
     match outcome {
@@ -136,7 +177,8 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
         Command::Login { .. } | Command::Logout | Command::Whoami | Command::Admin(_) | Command::ServiceAccounts(_) => {
             return ExitCode::FAILURE;
         }
-        Command::Migrate { data_dir } => {
+        Command::Bench(_) => return ExitCode::FAILURE,
+        Command::Migrate { data_dir } | Command::Ledger(LedgerCommand::Verify { data_dir }) => {
             // Without a database URL, migrate acts on the embedded database in the data dir.
             let configured = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());
             let mode = if configured("DATABASE_URL") || configured("GPUAAS_DATABASE_URL") {
@@ -171,6 +213,11 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
 
     let outcome = match cli.command {
         Command::Migrate { .. } => migrate(config).await,
+        Command::Ledger(LedgerCommand::Verify { .. }) => match verify_ledger(config).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         _ => serve(config).await,
     };
     match outcome {
@@ -193,6 +240,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         trigger.cancel();
     });
     run(platform, shutdown).await
+}
+
+async fn verify_ledger(config: Config) -> anyhow::Result<bool> {
+    let store = gpuaas_store::Store::connect(&config.database_url, &gpuaas_store::PoolSettings::default()).await?;
+    store.ensure_schema_current(&crate::migrations()).await?;
+    let clean = crate::ledger::verify(&store).await;
+    store.close().await;
+    clean
+}
+
+async fn bench_ledger(database_url: Option<String>, settings: crate::ledger::LedgerBench) -> anyhow::Result<()> {
+    let scratch = tempfile_dir()?;
+    let url = database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", scratch.join("bench.db").display()));
+    let outcome = crate::ledger::bench(&url, &settings).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
+}
+
+/// A fresh directory under the system temp dir for a benchmark's SQLite file.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("gpuaas-bench-{}", gpuaas_kernel::new_id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod ledger;
 pub mod openapi;
 pub mod runtime;
 
@@ -23,6 +24,8 @@ pub fn migrations() -> Vec<Migration> {
         gpuaas_audit::MIGRATIONS,
         gpuaas_iam::MIGRATIONS,
         gpuaas_inventory::MIGRATIONS,
+        gpuaas_billing::MIGRATIONS,
+        gpuaas_payments::MIGRATIONS,
     ]
     .into_iter()
     .flatten()

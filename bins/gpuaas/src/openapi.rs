@@ -52,6 +52,16 @@ use utoipa::OpenApi;
         crate::api::nodes::issue_enrollment_token,
         crate::api::nodes::revoke_certificates,
         crate::api::nodes::list_node_tasks,
+        crate::api::billing::balance,
+        crate::api::billing::ledger,
+        crate::api::billing::usage,
+        crate::api::billing::usage_csv,
+        crate::api::payments::checkout_session,
+        crate::api::payments::customer_portal_session,
+        crate::api::payments::webhook,
+        crate::api::payments::adjust_balance,
+        crate::api::payments::refund,
+        crate::api::payments::list_sessions,
     ),
     components(schemas(gpuaas_kernel::ErrorResponse, gpuaas_kernel::ErrorBody, gpuaas_kernel::ErrCode)),
     modifiers(&BearerAuth),
@@ -64,6 +74,8 @@ use utoipa::OpenApi;
         (name = "admin", description = "Operator endpoints: users, audit, signing keys, SKUs, nodes"),
         (name = "catalog", description = "What can be bought: SKUs and node capacity"),
         (name = "nodes", description = "Node enrollment (the agent's only call on the public API)"),
+        (name = "billing", description = "The tenant's balance, ledger and usage"),
+        (name = "payments", description = "Card top-ups through Stripe"),
     )
 )]
 pub struct ApiDoc;

@@ -28,6 +28,26 @@ pub struct Platform {
     pub iam: Iam,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub nodes: gpuaas_inventory::NodePlane,
+    pub payments: gpuaas_payments::Payments,
+}
+
+/// Card payments through Stripe when configured; without it every payment route
+/// answers 503 `payments_not_configured` and operators still credit accounts.
+pub fn payments(config: &Config, store: &Store, policy: &PolicyClient) -> anyhow::Result<gpuaas_payments::Payments> {
+    let Some(settings) = &config.stripe else {
+        return Ok(gpuaas_payments::Payments::new(store.clone(), policy.clone(), None, None));
+    };
+    let base = config.public_url.trim_end_matches('/');
+    let stripe = gpuaas_payments::StripeConfig {
+        secret_key: settings.secret_key.clone(),
+        webhook_secrets: settings.webhook_secrets.clone(),
+        api_base: settings.api_base.clone(),
+        success_url: format!("{base}/billing/top-up/success?session_id={{CHECKOUT_SESSION_ID}}"),
+        cancel_url: format!("{base}/billing/top-up/cancelled"),
+        portal_return_url: format!("{base}/billing"),
+    };
+    let client = gpuaas_payments::HttpStripeClient::new(&stripe).context("Stripe client")?;
+    Ok(gpuaas_payments::Payments::new(store.clone(), policy.clone(), Some(Arc::new(client)), Some(stripe)))
 }
 
 /// File of the control plane's task-signing key, inside the PKI dir.
@@ -108,13 +128,14 @@ impl Platform {
             _ => Arc::new(InProcessLimiter::new()),
         };
         let nodes = node_plane(&config, &store, &policy)?;
-        Ok(Self { config, store, bus, policy, iam, rate_limiter, nodes })
+        let payments = payments(&config, &store, &policy)?;
+        Ok(Self { config, store, bus, policy, iam, rate_limiter, nodes, payments })
     }
 }
 
 /// Runs the configured roles until `shutdown` fires, then drains and returns.
 pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Platform { config, store, bus, policy, iam, rate_limiter, nodes } = platform;
+    let Platform { config, store, bus, policy, iam, rate_limiter, nodes, payments } = platform;
     let mut tasks = JoinSet::new();
     let stop = shutdown.child_token();
 
@@ -128,6 +149,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
             iam: iam.clone(),
             rate_limiter,
             nodes: nodes.clone(),
+            payments,
         };
         let app = router(state.clone(), axum::Router::new()).await?;
         let internal_app = crate::api::internal::router(state, crate::api::max_body_bytes(&policy).await?);

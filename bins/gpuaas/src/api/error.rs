@@ -67,14 +67,32 @@ impl IntoResponse for HandlerError {
     }
 }
 
+/// The mapping shared by domain errors that name their code and, for validation
+/// errors, the field: a 500 keeps its cause in the logs, anything else says what
+/// went wrong.
+fn from_domain(code: ErrCode, field: Option<&str>, error: &dyn std::fmt::Display) -> HandlerError {
+    let api = match field {
+        Some(field) => ApiError::invalid_field(field, error.to_string()),
+        None if code == ErrCode::InternalError => ApiError::internal(error),
+        None => ApiError::new(code, error.to_string()),
+    };
+    api.into()
+}
+
 impl From<gpuaas_inventory::InventoryError> for HandlerError {
     fn from(error: gpuaas_inventory::InventoryError) -> Self {
-        let code = error.code();
-        let api = match (&error, error.field()) {
-            (_, Some(field)) => ApiError::invalid_field(field, error.to_string()),
-            _ if code == ErrCode::InternalError => ApiError::internal(&error),
-            _ => ApiError::new(code, error.to_string()),
-        };
-        api.into()
+        from_domain(error.code(), error.field(), &error)
+    }
+}
+
+impl From<gpuaas_billing::BillingError> for HandlerError {
+    fn from(error: gpuaas_billing::BillingError) -> Self {
+        from_domain(error.code(), error.field(), &error)
+    }
+}
+
+impl From<gpuaas_payments::PaymentsError> for HandlerError {
+    fn from(error: gpuaas_payments::PaymentsError) -> Self {
+        from_domain(error.code(), error.field(), &error)
     }
 }

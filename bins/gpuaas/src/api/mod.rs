@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod billing;
 pub mod error;
 pub mod internal;
 pub mod nodes;
+pub mod payments;
 pub mod projects;
 pub mod security;
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// SKUs, nodes, enrollment and the node task queue.
     pub nodes: gpuaas_inventory::NodePlane,
+    /// Card top-ups, operator adjustments and refunds.
+    pub payments: gpuaas_payments::Payments,
 }
 
 /// Reads per-class bucket limits from policy (the policy client caches). A policy read
@@ -97,7 +101,9 @@ pub async fn max_body_bytes(policy: &PolicyClient) -> Result<usize, gpuaas_polic
 /// Every public route with the permission it needs. The only place routes are added.
 pub fn route_table() -> RouteTable {
     use axum::http::Method;
-    use gpuaas_iam::Permission::{AdminRead, AdminWrite, Authenticated, ProjectAdmin, ProjectRead, Public};
+    use gpuaas_iam::Permission::{
+        AdminRead, AdminWrite, Authenticated, BillingOperate, ProjectAdmin, ProjectRead, Public,
+    };
     const NODE: &str = "/api/v1/admin/nodes/{node_id}";
     RouteTable::default()
         .add(Method::GET, "/", Public, landing)
@@ -166,6 +172,16 @@ pub fn route_table() -> RouteTable {
         .add(Method::POST, "/api/v1/admin/nodes/{node_id}/enrollment-token", AdminWrite, nodes::issue_enrollment_token)
         .add(Method::POST, "/api/v1/admin/nodes/{node_id}/revoke-certificates", AdminWrite, nodes::revoke_certificates)
         .add(Method::GET, "/api/v1/admin/nodes/{node_id}/tasks", AdminRead, nodes::list_node_tasks)
+        .add(Method::GET, "/api/v1/billing/balance", Authenticated, billing::balance)
+        .add(Method::GET, "/api/v1/billing/ledger", Authenticated, billing::ledger)
+        .add(Method::GET, "/api/v1/billing/usage", Authenticated, billing::usage)
+        .add(Method::GET, "/api/v1/billing/usage/csv", Authenticated, billing::usage_csv)
+        .add(Method::POST, "/api/v1/payments/checkout-session", Authenticated, payments::checkout_session)
+        .add(Method::POST, "/api/v1/payments/customer-portal-session", Authenticated, payments::customer_portal_session)
+        .add(Method::POST, "/api/v1/payments/webhook", Public, payments::webhook)
+        .add(Method::POST, "/api/v1/admin/users/{user_id}/balance", BillingOperate, payments::adjust_balance)
+        .add(Method::POST, "/api/v1/admin/users/{user_id}/refunds", BillingOperate, payments::refund)
+        .add(Method::GET, "/api/v1/admin/payments/sessions", BillingOperate, payments::list_sessions)
 }
 
 /// Builds the whole router. `extra` lets tests mount routes under the same stack.

@@ -87,6 +87,7 @@ impl TestApp {
             iam,
             rate_limiter: Arc::new(InProcessLimiter::new()),
             nodes: nodes.clone(),
+            payments: gpuaas_payments::Payments::new(store.clone(), policy.clone(), None, None),
         };
         let internal_app = gpuaas::api::internal::router(state.clone(), 1 << 20);
         tokio::spawn(gpuaas::api::internal::serve(
