@@ -28,8 +28,9 @@ pub const REFERENCE_LEDGER_ENTRY: &str = "ledger_entry";
 pub(crate) const ENTRY_COLUMNS: &str = "id, tenant_id, entry_no, entry_type, amount_minor, currency, idempotency_key, \
      reference_type, reference_id, correlation_id, description, created_by, created_at";
 
-/// Rows per multi-row INSERT: 14 binds each stays well below SQLite's bind limit.
-const INSERT_CHUNK: usize = 64;
+/// Rows per multi-row INSERT: at 14 binds a row this stays far below the bind limits
+/// (SQLite 32,766, PostgreSQL 65,535) while a batch of a few hundred is one statement.
+const INSERT_CHUNK: usize = 500;
 /// Idempotency keys looked up per query.
 const KEY_CHUNK: usize = 500;
 
@@ -402,13 +403,21 @@ pub(crate) async fn read_account(
     select_account(connection, tenant_id, "").await
 }
 
+// Reads here are `persistent(false)`: PostgreSQL plans them afresh with the actual
+// values. A prepared statement cached while the ledger was still small keeps a generic
+// plan chosen for an empty table (a sequential scan), which would make every later
+// lookup and balance read grow with the ledger.
 async fn select_account(
     connection: &mut Connection,
     tenant_id: &str,
     lock: &str,
 ) -> Result<Option<Account>, BillingError> {
     let sql = format!("SELECT id, currency FROM billing_accounts WHERE tenant_id = $1{lock}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id).fetch_optional(&mut *connection).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .persistent(false)
+        .fetch_optional(&mut *connection)
+        .await?;
     row.map(|row| Ok(Account { id: row.try_get("id")?, currency: row.try_get("currency")? })).transpose()
 }
 
@@ -432,7 +441,7 @@ async fn entries_by_key(
         for key in chunk {
             query = query.bind(*key);
         }
-        for row in query.fetch_all(&mut *connection).await? {
+        for row in query.persistent(false).fetch_all(&mut *connection).await? {
             let entry = from_row(&row)?;
             found.insert(entry.idempotency_key.clone(), entry);
         }
@@ -443,6 +452,7 @@ async fn entries_by_key(
 async fn last_entry_no(connection: &mut Connection, account_id: &str) -> Result<i64, BillingError> {
     let last: Option<i64> = sqlx::query_scalar("SELECT MAX(entry_no) FROM ledger_entries WHERE account_id = $1")
         .bind(account_id)
+        .persistent(false)
         .fetch_one(&mut *connection)
         .await?;
     Ok(last.unwrap_or(0))
@@ -455,6 +465,7 @@ async fn account_balance(connection: &mut Connection, account_id: &str) -> Resul
         "SELECT entry_no, balance_minor FROM ledger_checkpoints WHERE account_id = $1 ORDER BY entry_no DESC LIMIT 1",
     )
     .bind(account_id)
+    .persistent(false)
     .fetch_optional(&mut *connection)
     .await?;
     let (after, base) = match checkpoint {
@@ -469,6 +480,7 @@ async fn account_balance(connection: &mut Connection, account_id: &str) -> Resul
     )
     .bind(account_id)
     .bind(after)
+    .persistent(false)
     .fetch_one(&mut *connection)
     .await?;
     base.checked_add(tail)
@@ -517,6 +529,7 @@ pub async fn refunded_against(connection: &mut Connection, credit_entry_id: &str
     .bind(REFERENCE_LEDGER_ENTRY)
     .bind(credit_entry_id)
     .bind(EntryType::Refund.as_str())
+    .persistent(false)
     .fetch_one(&mut *connection)
     .await?;
     sum.checked_neg().ok_or_else(|| BillingError::Corrupt(format!("refunds against {credit_entry_id} overflow")))

@@ -65,7 +65,9 @@ impl Conditions {
                 Bind::Int(number) => query.bind(number),
             };
         }
-        Ok(query.fetch_all(store.pool()).await?)
+        // Planned with the actual values, not a generic plan cached while the table
+        // was small (see `ledger::select_account`).
+        Ok(query.persistent(false).fetch_all(store.pool()).await?)
     }
 }
 

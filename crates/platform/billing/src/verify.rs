@@ -56,6 +56,8 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, BillingError> {
             sqlx::query("SELECT id, tenant_id, currency FROM billing_accounts WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after.as_str())
                 .bind(ACCOUNT_PAGE)
+                .persistent(false)
+                .persistent(false)
                 .fetch_all(store.pool())
                 .await?;
         let Some(last) = rows.last() else { break };
@@ -96,6 +98,8 @@ async fn verify_account(
         .bind(account.id.as_str())
         .bind(last_no)
         .bind(ENTRY_PAGE)
+        .persistent(false)
+        .persistent(false)
         .fetch_all(store.pool())
         .await?;
         if rows.is_empty() {
@@ -147,6 +151,7 @@ async fn verify_account(
     )
     .bind(account.id.as_str())
     .bind(ENTRY_PAGE)
+    .persistent(false)
     .fetch_all(store.pool())
     .await?;
     for row in &orphans {
