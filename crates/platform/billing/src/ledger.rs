@@ -271,12 +271,24 @@ pub async fn post_many(
     let mut results: Vec<Option<Posted>> = vec![None; entries.len()];
     let mut fresh: Vec<(String, LedgerEntry)> = Vec::new();
     let mut checkpoints: Vec<(String, i64, i64)> = Vec::new();
+    // A constant number of queries per batch, however many accounts it touches: the
+    // accounts are created and locked together (in tenant order, so batches never
+    // deadlock), then their known keys and last entry numbers are read together.
+    let first_currency: Vec<(&str, &str)> = by_tenant
+        .iter()
+        .filter_map(|(tenant, indexes)| indexes.first().map(|&first| (*tenant, entries[first].currency)))
+        .collect();
+    let accounts = lock_accounts(connection, dialect, &first_currency, now).await?;
+    let account_ids: Vec<&str> = accounts.values().map(|account| account.id.as_str()).collect();
+    let all_keys: Vec<&str> = entries.iter().map(|entry| entry.idempotency_key).collect();
+    let mut known_by_tenant = entries_by_keys(connection, &account_ids, &all_keys).await?;
+    let last_numbers = last_entry_numbers(connection, &account_ids).await?;
     for (tenant_id, indexes) in &by_tenant {
-        let Some(&first) = indexes.first() else { continue };
-        let account = lock_account(connection, dialect, tenant_id, entries[first].currency, now).await?;
-        let keys: Vec<&str> = indexes.iter().map(|&index| entries[index].idempotency_key).collect();
-        let mut known = entries_by_key(connection, &account.id, &keys).await?;
-        let last_before = last_entry_no(connection, &account.id).await?;
+        let account = accounts
+            .get(*tenant_id)
+            .ok_or_else(|| BillingError::Corrupt(format!("the billing account of tenant {tenant_id} vanished")))?;
+        let mut known = known_by_tenant.remove(*tenant_id).unwrap_or_default();
+        let last_before = last_numbers.get(&account.id).copied().unwrap_or(0);
         let mut next_no = last_before + 1;
         let mut account_fresh: Vec<LedgerEntry> = Vec::new();
         for &index in indexes {
@@ -353,46 +365,67 @@ pub(crate) struct Account {
     pub(crate) currency: String,
 }
 
-/// Finds or creates the tenant's account and locks it until the transaction ends.
-async fn lock_account(
+/// Finds or creates the accounts of `tenants` (each with the currency of its first
+/// entry) and, on PostgreSQL, locks them until the transaction ends. SQLite needs no
+/// row lock: `Store::begin` already holds the database's single write lock.
+async fn lock_accounts(
     connection: &mut Connection,
     dialect: Dialect,
-    tenant_id: &str,
-    currency: &str,
+    tenants: &[(&str, &str)],
     now: Timestamp,
-) -> Result<Account, BillingError> {
-    if let Some(account) = find_account(connection, dialect, tenant_id).await? {
-        return Ok(account);
-    }
-    // A concurrent first posting may create the account between our read and this
-    // insert; ON CONFLICT waits for it and does nothing, and the re-read locks its row.
-    sqlx::query(
-        "INSERT INTO billing_accounts (id, tenant_id, currency, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (tenant_id) DO NOTHING",
-    )
-    .bind(new_id().to_string())
-    .bind(tenant_id)
-    .bind(currency)
-    .bind(now.as_micros())
-    .execute(&mut *connection)
-    .await?;
-    find_account(connection, dialect, tenant_id)
-        .await?
-        .ok_or_else(|| BillingError::Corrupt(format!("the billing account of tenant {tenant_id} vanished")))
-}
-
-/// Reads the tenant's account, locking its row on PostgreSQL. SQLite needs no row
-/// lock: `Store::begin` already holds the database's single write lock.
-async fn find_account(
-    connection: &mut Connection,
-    dialect: Dialect,
-    tenant_id: &str,
-) -> Result<Option<Account>, BillingError> {
+) -> Result<HashMap<String, Account>, BillingError> {
     let lock = match dialect {
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    select_account(connection, tenant_id, lock).await
+    let names: Vec<&str> = tenants.iter().map(|(tenant, _)| *tenant).collect();
+    let mut found = select_accounts(connection, &names, lock).await?;
+    let missing: Vec<(&str, &str)> =
+        tenants.iter().copied().filter(|(tenant, _)| !found.contains_key(*tenant)).collect();
+    if missing.is_empty() {
+        return Ok(found);
+    }
+    // A concurrent first posting may create an account between our read and this
+    // insert; ON CONFLICT waits for it and does nothing, and the re-read locks its row.
+    for chunk in missing.chunks(KEY_CHUNK) {
+        let mut sql = String::from("INSERT INTO billing_accounts (id, tenant_id, currency, created_at) VALUES ");
+        push_placeholders(&mut sql, chunk.len(), 4);
+        sql.push_str(" ON CONFLICT (tenant_id) DO NOTHING");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (tenant, currency) in chunk {
+            query = query.bind(new_id().to_string()).bind(*tenant).bind(*currency).bind(now.as_micros());
+        }
+        query.execute(&mut *connection).await?;
+    }
+    let created: Vec<&str> = missing.iter().map(|(tenant, _)| *tenant).collect();
+    found.extend(select_accounts(connection, &created, lock).await?);
+    Ok(found)
+}
+
+/// The accounts of `tenants` by tenant id, in tenant order (the lock order).
+async fn select_accounts(
+    connection: &mut Connection,
+    tenants: &[&str],
+    lock: &str,
+) -> Result<HashMap<String, Account>, BillingError> {
+    let mut found = HashMap::new();
+    for chunk in tenants.chunks(KEY_CHUNK) {
+        let sql = format!(
+            "SELECT id, tenant_id, currency FROM billing_accounts WHERE tenant_id IN ({}) ORDER BY tenant_id{lock}",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for tenant in chunk {
+            query = query.bind(*tenant);
+        }
+        for row in query.persistent(false).fetch_all(&mut *connection).await? {
+            found.insert(
+                row.try_get("tenant_id")?,
+                Account { id: row.try_get("id")?, currency: row.try_get("currency")? },
+            );
+        }
+    }
+    Ok(found)
 }
 
 /// Reads the tenant's account without locking it.
@@ -400,62 +433,83 @@ pub(crate) async fn read_account(
     connection: &mut Connection,
     tenant_id: &str,
 ) -> Result<Option<Account>, BillingError> {
-    select_account(connection, tenant_id, "").await
+    Ok(select_accounts(connection, &[tenant_id], "").await?.remove(tenant_id))
+}
+
+/// `$first, $first+1, …` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    let mut text = String::new();
+    for position in 0..count {
+        if position > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "${}", first + position);
+    }
+    text
 }
 
 // Reads here are `persistent(false)`: PostgreSQL plans them afresh with the actual
 // values. A prepared statement cached while the ledger was still small keeps a generic
 // plan chosen for an empty table (a sequential scan), which would make every later
 // lookup and balance read grow with the ledger.
-async fn select_account(
-    connection: &mut Connection,
-    tenant_id: &str,
-    lock: &str,
-) -> Result<Option<Account>, BillingError> {
-    let sql = format!("SELECT id, currency FROM billing_accounts WHERE tenant_id = $1{lock}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant_id)
-        .persistent(false)
-        .fetch_optional(&mut *connection)
-        .await?;
-    row.map(|row| Ok(Account { id: row.try_get("id")?, currency: row.try_get("currency")? })).transpose()
-}
 
-async fn entries_by_key(
+/// Entries of `accounts` carrying one of `keys`, by tenant and then key.
+async fn entries_by_keys(
     connection: &mut Connection,
-    account_id: &str,
+    accounts: &[&str],
     keys: &[&str],
-) -> Result<HashMap<String, LedgerEntry>, BillingError> {
-    let mut found = HashMap::new();
-    for chunk in keys.chunks(KEY_CHUNK) {
-        let mut sql =
-            format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id = $1 AND idempotency_key IN (");
-        for position in 0..chunk.len() {
-            if position > 0 {
-                sql.push_str(", ");
+) -> Result<HashMap<String, HashMap<String, LedgerEntry>>, BillingError> {
+    let mut found: HashMap<String, HashMap<String, LedgerEntry>> = HashMap::new();
+    if accounts.is_empty() {
+        return Ok(found);
+    }
+    for account_chunk in accounts.chunks(KEY_CHUNK) {
+        for key_chunk in keys.chunks(KEY_CHUNK) {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id IN ({}) AND idempotency_key IN ({})",
+                placeholders(1, account_chunk.len()),
+                placeholders(account_chunk.len() + 1, key_chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for account in account_chunk {
+                query = query.bind(*account);
             }
-            let _ = write!(sql, "${}", position + 2);
-        }
-        sql.push(')');
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
-        for key in chunk {
-            query = query.bind(*key);
-        }
-        for row in query.persistent(false).fetch_all(&mut *connection).await? {
-            let entry = from_row(&row)?;
-            found.insert(entry.idempotency_key.clone(), entry);
+            for key in key_chunk {
+                query = query.bind(*key);
+            }
+            for row in query.persistent(false).fetch_all(&mut *connection).await? {
+                let entry = from_row(&row)?;
+                found.entry(entry.tenant_id.clone()).or_default().insert(entry.idempotency_key.clone(), entry);
+            }
         }
     }
     Ok(found)
 }
 
-async fn last_entry_no(connection: &mut Connection, account_id: &str) -> Result<i64, BillingError> {
-    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(entry_no) FROM ledger_entries WHERE account_id = $1")
-        .bind(account_id)
-        .persistent(false)
-        .fetch_one(&mut *connection)
-        .await?;
-    Ok(last.unwrap_or(0))
+/// The highest entry number of each account (absent: no entry yet). One index probe
+/// per account, whatever the length of its history.
+async fn last_entry_numbers(
+    connection: &mut Connection,
+    accounts: &[&str],
+) -> Result<HashMap<String, i64>, BillingError> {
+    let mut found = HashMap::new();
+    for chunk in accounts.chunks(KEY_CHUNK) {
+        let sql = format!(
+            "SELECT a.id, (SELECT MAX(e.entry_no) FROM ledger_entries e WHERE e.account_id = a.id) AS last_no \
+             FROM billing_accounts a WHERE a.id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for account in chunk {
+            query = query.bind(*account);
+        }
+        for row in query.persistent(false).fetch_all(&mut *connection).await? {
+            if let Some(last) = row.try_get::<Option<i64>, _>("last_no")? {
+                found.insert(row.try_get("id")?, last);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The latest checkpoint plus the entries after it: with checkpoints every N entries,
