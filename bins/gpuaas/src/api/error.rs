@@ -67,13 +67,14 @@ impl IntoResponse for HandlerError {
     }
 }
 
-/// The mapping shared by domain errors that name their code and, for validation
-/// errors, the field: a 500 keeps its cause in the logs, anything else says what
-/// went wrong.
+/// The mapping shared by domain errors that name their code and, where they are
+/// about one, the request field: a 500 keeps its cause in the logs, anything else
+/// says what went wrong under its own code (`currency_mismatch` naming `currency`
+/// stays a 409, not a `validation_error`).
 fn from_domain(code: ErrCode, field: Option<&str>, error: &dyn std::fmt::Display) -> HandlerError {
     let api = match field {
-        Some(field) => ApiError::invalid_field(field, error.to_string()),
-        None if code == ErrCode::InternalError => ApiError::internal(error),
+        _ if code == ErrCode::InternalError => ApiError::internal(error),
+        Some(field) => ApiError::new(code, error.to_string()).with_details(serde_json::json!({ "field": field })),
         None => ApiError::new(code, error.to_string()),
     };
     api.into()

@@ -9,11 +9,14 @@ use gpuaas_http::ratelimit::InProcessLimiter;
 use gpuaas_iam::{GlobalRole, Iam, IamConfig, NewUser};
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{PoolSettings, Store};
+use gpuaas_testkit::stripe::FakeStripe;
 use gpuaas_testkit::{Backend, TestDatabase};
 use tokio::sync::Mutex;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const ADMIN_EMAIL: &str = "root@test.local";
+/// The webhook signing secret of an app from [`TestApp::spawn_with_stripe`].
+pub const WEBHOOK_SECRET: &str = "whsec_test";
 
 pub struct TestApp {
     pub base: String,
@@ -37,6 +40,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: Router<AppState>) -> Self {
+        Self::spawn_inner(backend, extra, None).await
+    }
+
+    /// Like [`TestApp::spawn`], with payments configured against `stripe` (webhook
+    /// secret [`WEBHOOK_SECRET`], API key the fake accepts).
+    pub async fn spawn_with_stripe(backend: Backend, stripe: &FakeStripe) -> Self {
+        Self::spawn_inner(backend, Router::new(), Some(stripe)).await
+    }
+
+    async fn spawn_inner(backend: Backend, extra: Router<AppState>, stripe: Option<&FakeStripe>) -> Self {
         let database = TestDatabase::create(backend).await;
         let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
         store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
@@ -87,7 +100,10 @@ impl TestApp {
             iam,
             rate_limiter: Arc::new(InProcessLimiter::new()),
             nodes: nodes.clone(),
-            payments: gpuaas_payments::Payments::new(store.clone(), policy.clone(), None, None),
+            payments: match stripe {
+                None => gpuaas_payments::Payments::new(store.clone(), policy.clone(), None, None),
+                Some(stripe) => stripe_payments(&store, &policy, stripe),
+            },
         };
         let internal_app = gpuaas::api::internal::router(state.clone(), 1 << 20);
         tokio::spawn(gpuaas::api::internal::serve(
@@ -190,4 +206,45 @@ pub async fn json(response: reqwest::Response, status: u16) -> serde_json::Value
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
     assert_eq!(actual, status, "{body}");
     body
+}
+
+/// Payments talking to `stripe`, configured the way `runtime::payments` does.
+fn stripe_payments(store: &Store, policy: &PolicyClient, stripe: &FakeStripe) -> gpuaas_payments::Payments {
+    let config = gpuaas_payments::StripeConfig {
+        secret_key: gpuaas_testkit::stripe::SECRET_KEY.into(),
+        webhook_secrets: vec![WEBHOOK_SECRET.into()],
+        api_base: stripe.url().into(),
+        success_url: "https://console.test.local/billing/top-up/success?session_id={CHECKOUT_SESSION_ID}".into(),
+        cancel_url: "https://console.test.local/billing/top-up/cancelled".into(),
+        portal_return_url: "https://console.test.local/billing".into(),
+    };
+    let client = gpuaas_payments::HttpStripeClient::new(&config).unwrap_or_else(|e| panic!("{e}"));
+    gpuaas_payments::Payments::new(store.clone(), policy.clone(), Some(Arc::new(client)), Some(config))
+}
+
+impl TestApp {
+    /// The id of the user `name@test.local` (created on first use, like [`TestApp::token_for`]).
+    pub async fn user_id(&self, name: &str) -> String {
+        let token = self.token_for(name).await;
+        let me = json(self.get("/api/v1/users/me", &token).await, 200).await;
+        me["user"]["id"].as_str().unwrap_or_else(|| panic!("no user id in {me}")).to_owned()
+    }
+
+    /// A POST with an `X-Idempotency-Key`.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("x-idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod helpers;
 mod idempotency;
+mod money;
 mod nodes;
 mod ratelimit;
 mod system;

@@ -43,7 +43,13 @@ fn map_rejection(rejection: JsonRejection) -> ApiError {
                 Some(field) => ApiError::new(ErrCode::UnknownField, format!("unknown field `{field}`"))
                     .with_details(serde_json::json!({ "field": field })),
                 None => {
-                    let field = text.split(':').next().unwrap_or_default().trim().to_owned();
+                    // serde names a missing top-level field only inside its message
+                    // ("missing field `reason` at line 1 column 9"); nested errors
+                    // start with their path ("items[0].name: ...").
+                    let field = match missing_field_name(&text) {
+                        Some(field) if !text.contains(": missing field") => field,
+                        _ => text.split(':').next().unwrap_or_default().trim().to_owned(),
+                    };
                     let mut error = ApiError::new(ErrCode::ValidationError, format!("invalid body: {text}"));
                     if !field.is_empty() && !field.contains(' ') {
                         error = error.with_details(serde_json::json!({ "field": field }));
@@ -70,6 +76,11 @@ fn source_text(error: &dyn std::error::Error) -> String {
         current = next;
     }
     current.to_string()
+}
+
+fn missing_field_name(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_owned())
 }
 
 fn unknown_field_name(text: &str) -> Option<String> {

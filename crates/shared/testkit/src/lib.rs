@@ -9,6 +9,8 @@
 //!   port, its store in a temp dir, that a test can stop and restart.
 //! - [`RedisServer`]: a real `redis-server` without persistence on a free
 //!   loopback port, that a test can stop and restart.
+//! - [`stripe::FakeStripe`]: a local fake of the Stripe API on a loopback port, and
+//!   [`stripe::sign_webhook`] to sign webhook payloads as Stripe does.
 //! - [`both_backends!`]: runs one async test body against SQLite and PostgreSQL.
 //!
 //! What it must never do:
@@ -36,6 +38,7 @@ use tokio::process::{Child, Command};
 
 mod redis_server;
 pub use redis_server::RedisServer;
+pub mod stripe;
 
 /// Environment variable holding the admin URL of the throwaway PostgreSQL server.
 pub const POSTGRES_URL_ENV: &str = "GPUAAS_TEST_POSTGRES_URL";
