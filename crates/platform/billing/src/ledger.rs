@@ -280,8 +280,11 @@ pub async fn post_many(
         .collect();
     let accounts = lock_accounts(connection, dialect, &first_currency, now).await?;
     let account_ids: Vec<&str> = accounts.values().map(|account| account.id.as_str()).collect();
-    let all_keys: Vec<&str> = entries.iter().map(|entry| entry.idempotency_key).collect();
-    let mut known_by_tenant = entries_by_keys(connection, &account_ids, &all_keys).await?;
+    let pairs: Vec<(&str, &str)> = entries
+        .iter()
+        .filter_map(|entry| accounts.get(entry.tenant_id).map(|account| (account.id.as_str(), entry.idempotency_key)))
+        .collect();
+    let mut known_by_tenant = entries_by_keys(connection, &pairs).await?;
     let last_numbers = last_entry_numbers(connection, &account_ids).await?;
     for (tenant_id, indexes) in &by_tenant {
         let account = accounts
@@ -428,14 +431,6 @@ async fn select_accounts(
     Ok(found)
 }
 
-/// Reads the tenant's account without locking it.
-pub(crate) async fn read_account(
-    connection: &mut Connection,
-    tenant_id: &str,
-) -> Result<Option<Account>, BillingError> {
-    Ok(select_accounts(connection, &[tenant_id], "").await?.remove(tenant_id))
-}
-
 /// `$first, $first+1, …` for `count` values.
 fn placeholders(first: usize, count: usize) -> String {
     let mut text = String::new();
@@ -453,34 +448,30 @@ fn placeholders(first: usize, count: usize) -> String {
 // plan chosen for an empty table (a sequential scan), which would make every later
 // lookup and balance read grow with the ledger.
 
-/// Entries of `accounts` carrying one of `keys`, by tenant and then key.
+/// Entries matching the (account, idempotency key) pairs, by tenant and then key.
+/// Row values make every pair one probe of the unique index on both engines; two
+/// separate IN lists would let a planner try every account with every key.
 async fn entries_by_keys(
     connection: &mut Connection,
-    accounts: &[&str],
-    keys: &[&str],
+    pairs: &[(&str, &str)],
 ) -> Result<HashMap<String, HashMap<String, LedgerEntry>>, BillingError> {
     let mut found: HashMap<String, HashMap<String, LedgerEntry>> = HashMap::new();
-    if accounts.is_empty() {
-        return Ok(found);
-    }
-    for account_chunk in accounts.chunks(KEY_CHUNK) {
-        for key_chunk in keys.chunks(KEY_CHUNK) {
-            let sql = format!(
-                "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id IN ({}) AND idempotency_key IN ({})",
-                placeholders(1, account_chunk.len()),
-                placeholders(account_chunk.len() + 1, key_chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for account in account_chunk {
-                query = query.bind(*account);
+    for chunk in pairs.chunks(KEY_CHUNK) {
+        let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE (account_id, idempotency_key) IN (");
+        for index in 0..chunk.len() {
+            if index > 0 {
+                sql.push_str(", ");
             }
-            for key in key_chunk {
-                query = query.bind(*key);
-            }
-            for row in query.persistent(false).fetch_all(&mut *connection).await? {
-                let entry = from_row(&row)?;
-                found.entry(entry.tenant_id.clone()).or_default().insert(entry.idempotency_key.clone(), entry);
-            }
+            let _ = write!(sql, "(${}, ${})", 2 * index + 1, 2 * index + 2);
+        }
+        sql.push(')');
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (account, key) in chunk {
+            query = query.bind(*account).bind(*key);
+        }
+        for row in query.persistent(false).fetch_all(&mut *connection).await? {
+            let entry = from_row(&row)?;
+            found.entry(entry.tenant_id.clone()).or_default().insert(entry.idempotency_key.clone(), entry);
         }
     }
     Ok(found)
@@ -548,15 +539,32 @@ pub async fn balance(store: &Store, tenant_id: &str) -> Result<Balance, BillingE
 }
 
 /// The tenant's balance as the caller's transaction sees it, e.g. after posting in it.
+/// One statement: the latest checkpoint plus the entries after it.
 pub async fn balance_in(connection: &mut Connection, tenant_id: &str) -> Result<Balance, BillingError> {
     validate_text("tenant_id", tenant_id, MAX_TEXT_LEN)?;
-    match read_account(connection, tenant_id).await? {
-        None => Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor: 0, currency: None }),
-        Some(account) => {
-            let amount_minor = account_balance(connection, &account.id).await?;
-            Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor, currency: Some(account.currency) })
-        }
-    }
+    // PostgreSQL sums BIGINT into NUMERIC; the casts keep types both engines decode as i64.
+    let row = sqlx::query(
+        "SELECT a.currency, \
+           CAST(COALESCE((SELECT c.balance_minor FROM ledger_checkpoints c WHERE c.account_id = a.id \
+                          ORDER BY c.entry_no DESC LIMIT 1), 0) AS BIGINT) AS base, \
+           CAST(COALESCE((SELECT SUM(e.amount_minor) FROM ledger_entries e WHERE e.account_id = a.id \
+                          AND e.entry_no > COALESCE((SELECT MAX(c.entry_no) FROM ledger_checkpoints c \
+                                                     WHERE c.account_id = a.id), 0)), 0) AS BIGINT) AS tail \
+         FROM billing_accounts a WHERE a.tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .persistent(false)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor: 0, currency: None });
+    };
+    let base: i64 = row.try_get("base")?;
+    let tail: i64 = row.try_get("tail")?;
+    let amount_minor = base
+        .checked_add(tail)
+        .ok_or_else(|| BillingError::Corrupt(format!("the balance of tenant {tenant_id} overflows")))?;
+    Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor, currency: Some(row.try_get("currency")?) })
 }
 
 /// One entry by id; [`BillingError::NotFound`] when there is none.
