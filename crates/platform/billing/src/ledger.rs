@@ -585,12 +585,12 @@ pub async fn entry(store: &Store, entry_id: &str) -> Result<LedgerEntry, Billing
 /// the account, so two refunds of one credit cannot both see the old remainder.
 pub async fn refunded_against(connection: &mut Connection, credit_entry_id: &str) -> Result<i64, BillingError> {
     let sum: i64 = sqlx::query_scalar(
+        // `entry_type` is a literal so the planner can use the partial refunds index.
         "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM ledger_entries \
-         WHERE reference_type = $1 AND reference_id = $2 AND entry_type = $3",
+         WHERE entry_type = 'refund' AND reference_id = $2 AND reference_type = $1",
     )
     .bind(REFERENCE_LEDGER_ENTRY)
     .bind(credit_entry_id)
-    .bind(EntryType::Refund.as_str())
     .persistent(false)
     .fetch_one(&mut *connection)
     .await?;
