@@ -16,7 +16,6 @@
 //! however long the ledger; [`verify`] recomputes every balance from entry 1 to prove
 //! the checkpoints right.
 
-mod csv;
 mod error;
 mod ledger;
 mod query;

@@ -10,9 +10,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::BillingError;
-use crate::csv::write_row;
 use crate::ledger::{MAX_TEXT_LEN, validate_currency, validate_text};
 use crate::query::{Bind, Conditions, check_limit};
+use gpuaas_kernel::csv::write_row;
 
 /// Rows read per query while exporting; each page becomes one chunk of the stream.
 pub const USAGE_EXPORT_PAGE_SIZE: u32 = 1000;

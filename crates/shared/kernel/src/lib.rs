@@ -5,6 +5,7 @@
 //! This crate owns no tables and no business policy. It must never depend on another
 //! gpuaas crate, on a database, or on an HTTP framework: the node agent links it too.
 
+pub mod csv;
 pub mod cursor;
 pub mod error;
 pub mod id;

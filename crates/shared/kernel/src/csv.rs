@@ -1,11 +1,10 @@
-//! RFC 4180 cells for the CSV exports.
-//!
-//! The same rules as `gpuaas-audit`'s export, which keeps its writer private.
+//! RFC 4180 CSV cells and records for every export (audit log, usage), written so that
+//! opening an export in a spreadsheet never runs text someone put into a field.
 
-/// Writes one RFC 4180 cell. A cell a spreadsheet would run as a formula (`=`, `+`,
-/// `-`, `@`, tab, CR first) gets a leading `'`, so opening an export never executes
-/// text someone put into an id or a SKU name.
-pub(crate) fn write_cell(out: &mut String, cell: &str) {
+/// Writes one cell. A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`,
+/// tab or CR first) gets a leading `'`, so an export never executes text an attacker
+/// put into a login name, an id or a SKU name.
+pub fn write_cell(out: &mut String, cell: &str) {
     let formula = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
     let quote = formula || cell.contains([',', '"', '\r', '\n']);
     if quote {
@@ -25,8 +24,8 @@ pub(crate) fn write_cell(out: &mut String, cell: &str) {
     }
 }
 
-/// Writes one CSV record, CRLF-terminated.
-pub(crate) fn write_row(out: &mut String, cells: &[&str]) {
+/// Writes one record, CRLF-terminated.
+pub fn write_row(out: &mut String, cells: &[&str]) {
     for (index, cell) in cells.iter().enumerate() {
         if index > 0 {
             out.push(',');
@@ -53,6 +52,7 @@ mod tests {
         assert_eq!(cell("a,b"), "\"a,b\"");
         assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(cell("two\nlines"), "\"two\nlines\"");
+        assert_eq!(cell("cr\rlf"), "\"cr\rlf\"");
     }
 
     #[test]
@@ -62,6 +62,8 @@ mod tests {
         assert_eq!(cell("-2"), "\"'-2\"");
         assert_eq!(cell("@SUM(A1)"), "\"'@SUM(A1)\"");
         assert_eq!(cell("\tx"), "\"'\tx\"");
+        assert_eq!(cell("\rx"), "\"'\rx\"");
+        assert_eq!(cell("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
         assert_eq!(cell("a=b"), "a=b");
     }
 
