@@ -1,66 +1,12 @@
 //! The real `gpuaas` binary, started as a process.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gpuaas_testkit::{Backend, NatsServer, RedisServer, TestDatabase, free_port};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
+mod process;
 
-fn gpuaas() -> Command {
-    let mut command = Command::new(BINARY);
-    for name in [
-        "DATABASE_URL",
-        "GPUAAS_DATABASE_URL",
-        "NATS_URL",
-        "GPUAAS_NATS_URL",
-        "GPUAAS_LISTEN",
-        "RUST_LOG",
-        "GPUAAS_ADMIN_EMAIL",
-        "GPUAAS_ADMIN_PASSWORD",
-        "GPUAAS_URL",
-        "GPUAAS_PASSWORD",
-    ] {
-        command.env_remove(name);
-    }
-    // Tests run side by side: each process gets its own internal (mTLS) port.
-    command.env("GPUAAS_INTERNAL_LISTEN", format!("127.0.0.1:{}", free_port()));
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    command
-}
-
-/// Starts the command and waits for the line announcing the URL it serves.
-async fn start(mut command: Command) -> (Child, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.strip_prefix("gpuaas is serving on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("gpuaas exited before serving")
-    })
-    .await
-    .unwrap_or_else(|_| panic!("gpuaas did not announce its URL"));
-    (child, url)
-}
-
-async fn terminate(mut child: Child) -> (std::process::ExitStatus, Duration) {
-    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
-    let started = Instant::now();
-    let status =
-        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("gpuaas did not stop within 15 s of SIGTERM"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    (exit, started.elapsed())
-}
+use process::{Running, gpuaas, start, terminate};
 
 /// Opens the embedded database of a stopped `up`, as an operator's tool would.
 async fn open_embedded_store(data_dir: &std::path::Path) -> gpuaas_store::Store {
@@ -83,7 +29,7 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
         command.args(["up", "--data-dir"]).arg(&data_dir).args(["--listen", &format!("127.0.0.1:{}", free_port())]);
         command
     };
-    let (child, url) = start(up()).await;
+    let Running { child, url, .. } = start(up()).await;
     let (status, ready) = get_json(&format!("{url}/api/v1/readyz")).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["database"]["backend"], "sqlite");
@@ -112,7 +58,7 @@ async fn up_serves_stops_cleanly_and_keeps_data_across_restarts() {
         .unwrap_or_else(|e| panic!("{e}"));
     store.close().await;
 
-    let (child, url) = start(up()).await;
+    let Running { child, url, .. } = start(up()).await;
     let (status, _) = get_json(&format!("{url}/api/v1/healthz")).await;
     assert_eq!(status, 200);
     let (exit, _) = terminate(child).await;
@@ -158,7 +104,7 @@ async fn serve_runs_on_postgres_and_nats_after_migrate() {
         .env("REDIS_URL", redis.url())
         .env("GPUAAS_ADMIN_EMAIL", "ops@example.com")
         .env("GPUAAS_ADMIN_PASSWORD", "a long operator password");
-    let (child, url) = start(command).await;
+    let Running { child, url, .. } = start(command).await;
     let (status, ready) = get_json(&format!("{url}/api/v1/readyz")).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["database"]["backend"], "postgres");
@@ -243,7 +189,7 @@ async fn cli_signs_in_manages_users_exports_audit_and_signs_out() {
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .env("GPUAAS_ADMIN_EMAIL", "ops@example.com")
         .env("GPUAAS_ADMIN_PASSWORD", "a long operator password");
-    let (child, url) = start(command).await;
+    let Running { child, url, .. } = start(command).await;
     assert!(!data.path().join("data/admin-credentials").exists(), "no generated password when one is given");
 
     let (ok, _, stderr) =

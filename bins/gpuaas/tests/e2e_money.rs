@@ -2,85 +2,39 @@
 //! of Stripe, a card top-up credited by a webhook signed with the previous secret of a
 //! rotation, operator credits and refunds, then `gpuaas ledger verify` on what it wrote.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use gpuaas_testkit::free_port;
 use gpuaas_testkit::stripe::{FakeStripe, SECRET_KEY, checkout_event, sign_webhook};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
+mod process;
+
+use process::{Running, gpuaas, start, terminate};
+
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const PASSWORD: &str = "correct horse battery staple";
 const PAYER_EMAIL: &str = "payer@e2e.local";
 
-fn gpuaas() -> Command {
-    let mut command = Command::new(BINARY);
-    for name in [
-        "DATABASE_URL",
-        "GPUAAS_DATABASE_URL",
-        "NATS_URL",
-        "GPUAAS_NATS_URL",
-        "GPUAAS_LISTEN",
-        "GPUAAS_INTERNAL_URL",
-        "RUST_LOG",
-        "GPUAAS_ADMIN_EMAIL",
-        "GPUAAS_ADMIN_PASSWORD",
-        "GPUAAS_STRIPE_SECRET_KEY",
-        "GPUAAS_STRIPE_WEBHOOK_SECRET",
-        "GPUAAS_STRIPE_API_BASE",
-    ] {
-        command.env_remove(name);
-    }
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    command
-}
-
 /// Starts `gpuaas up` on free ports and returns it with the URL it announced; its
 /// stdout keeps being drained so that nothing it prints later can block or fail.
 async fn up(data: &std::path::Path, stripe: &FakeStripe) -> (Child, String) {
-    let mut child = gpuaas()
+    let mut command = gpuaas();
+    command
         .arg("up")
         .arg("--data-dir")
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--internal-listen", &format!("127.0.0.1:{}", free_port())])
         .env("GPUAAS_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("GPUAAS_ADMIN_PASSWORD", PASSWORD)
         .env("GPUAAS_STRIPE_SECRET_KEY", SECRET_KEY)
         .env("GPUAAS_STRIPE_WEBHOOK_SECRET", "whsec_old,whsec_new")
-        .env("GPUAAS_STRIPE_API_BASE", stripe.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("gpuaas is serving on ") {
-                return rest.to_owned();
-            }
-        }
-        panic!("gpuaas exited before serving")
-    })
-    .await
-    .unwrap_or_else(|_| panic!("gpuaas did not announce its URL"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .env("GPUAAS_STRIPE_API_BASE", stripe.url());
+    let Running { child, url, .. } = start(command).await;
     (child, url)
 }
 
-async fn stop(mut child: Child) -> i32 {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("gpuaas did not stop within 15 s of SIGTERM"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    status.code().unwrap_or(-1)
+async fn stop(child: Child) -> i32 {
+    terminate(child).await.0.code().unwrap_or(-1)
 }
 
 struct Api {

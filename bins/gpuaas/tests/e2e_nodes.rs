@@ -6,8 +6,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gpuaas_testkit::free_port;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+mod process;
+
+use process::{Running, gpuaas, start, terminate};
 
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
@@ -45,41 +48,15 @@ struct Platform {
 impl Platform {
     async fn start() -> Self {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gpuaas"))
+        let mut command = gpuaas();
+        command
             .arg("up")
             .arg("--data-dir")
             .arg(data.path())
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--internal-listen", &format!("127.0.0.1:{}", free_port())])
             .env("GPUAAS_ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("GPUAAS_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env_remove("DATABASE_URL")
-            .env_remove("GPUAAS_INTERNAL_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let mut lines = BufReader::new(stdout).lines();
-        let (url, internal_url) = tokio::time::timeout(Duration::from_secs(30), async {
-            let (mut url, mut internal) = (None, None);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("gpuaas is serving on ") {
-                    url = Some(rest.to_owned());
-                }
-                if let Some(rest) = line.strip_prefix("node agents connect to ") {
-                    internal = rest.split_whitespace().next().map(str::to_owned);
-                }
-                if let (Some(url), Some(internal)) = (&url, &internal) {
-                    return (url.clone(), internal.clone());
-                }
-            }
-            panic!("gpuaas exited before serving")
-        })
-        .await
-        .unwrap_or_else(|_| panic!("gpuaas did not announce its listeners"));
+            .env("GPUAAS_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        let Running { child, url, internal_url } = start(command).await;
         let client = reqwest::Client::new();
         let login: serde_json::Value = client
             .post(format!("{url}/api/v1/auth/personal/login"))
@@ -161,15 +138,9 @@ fn run_agent(state: &Path, inventory: &Path) -> Child {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn stop(mut child: Child) -> i32 {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("process did not stop within 15 s of SIGTERM"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    status.code().unwrap_or(-1)
+/// SIGTERM, then the exit code (an agent or the platform).
+async fn stop(child: Child) -> i32 {
+    terminate(child).await.0.code().unwrap_or(-1)
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes.

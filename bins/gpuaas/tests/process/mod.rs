@@ -1,0 +1,87 @@
+//! The real `gpuaas` binary as a process, shared by the end-to-end test binaries:
+//! a clean command, starting it and waiting until it serves, stopping it by SIGTERM.
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use gpuaas_testkit::free_port;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
+
+/// `gpuaas` with none of the developer's settings leaking in, and its own internal
+/// (mTLS) port, since tests run side by side.
+pub fn gpuaas() -> Command {
+    let mut command = Command::new(BINARY);
+    for name in [
+        "DATABASE_URL",
+        "GPUAAS_DATABASE_URL",
+        "NATS_URL",
+        "GPUAAS_NATS_URL",
+        "GPUAAS_LISTEN",
+        "GPUAAS_INTERNAL_URL",
+        "RUST_LOG",
+        "GPUAAS_ADMIN_EMAIL",
+        "GPUAAS_ADMIN_PASSWORD",
+        "GPUAAS_URL",
+        "GPUAAS_PASSWORD",
+        "GPUAAS_STRIPE_SECRET_KEY",
+        "GPUAAS_STRIPE_WEBHOOK_SECRET",
+        "GPUAAS_STRIPE_API_BASE",
+    ] {
+        command.env_remove(name);
+    }
+    command.env("GPUAAS_INTERNAL_LISTEN", format!("127.0.0.1:{}", free_port()));
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    command
+}
+
+/// A started platform and the listeners it announced.
+pub struct Running {
+    pub child: Child,
+    /// The public API, from `gpuaas is serving on …`.
+    pub url: String,
+    /// Where agents connect, from `node agents connect to …`.
+    pub internal_url: String,
+}
+
+/// Starts the command and waits for the line announcing the URL it serves. Its
+/// stdout keeps being drained afterwards, so nothing it prints later can block.
+pub async fn start(mut command: Command) -> Running {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let (url, internal_url) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut internal = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("node agents connect to ") {
+                internal = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+            if let Some(url) = line.strip_prefix("gpuaas is serving on ") {
+                return (url.to_owned(), internal);
+            }
+        }
+        panic!("gpuaas exited before serving")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gpuaas did not announce its URL"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running { child, url, internal_url }
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the exit; returns it and how long it took.
+pub async fn terminate(mut child: Child) -> (ExitStatus, Duration) {
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let started = Instant::now();
+    let status =
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("process did not stop within 15 s of SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (exit, started.elapsed())
+}
