@@ -104,8 +104,11 @@ pub enum BenchCommand {
         entries: u64,
         #[arg(long, default_value_t = 10_000)]
         accounts: u64,
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Concurrent writers, each owning a disjoint share of the accounts.
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
         #[arg(long, default_value_t = 10_000)]
         reads: usize,
         #[arg(long, default_value_t = 100)]
@@ -132,9 +135,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Whoami => crate::client::whoami().await,
         Command::Admin(command) => crate::client::admin(command).await,
         Command::ServiceAccounts(command) => crate::client::service_accounts(command).await,
-        Command::Bench(BenchCommand::Ledger { database_url, entries, accounts, batch, reads, checkpoint_every }) => {
-            bench_ledger(database_url, crate::ledger::LedgerBench { entries, accounts, batch, reads, checkpoint_every })
-                .await
+        Command::Bench(BenchCommand::Ledger {
+            database_url,
+            entries,
+            accounts,
+            batch,
+            writers,
+            reads,
+            checkpoint_every,
+        }) => {
+            bench_ledger(
+                database_url,
+                crate::ledger::LedgerBench { entries, accounts, batch, writers, reads, checkpoint_every },
+            )
+            .await
         }
         command => return dispatch_platform(Cli { config: cli.config, command }).await,
     };
