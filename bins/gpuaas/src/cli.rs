@@ -74,6 +74,9 @@ pub enum Command {
     /// Manage and use service accounts.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(crate::client::ServiceAccountCommand),
+    /// Manage your SSH public keys (installed on the nodes of your allocations).
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(crate::client::SshKeyCommand),
     /// The ledger: `gpuaas ledger verify` recomputes every balance and checkpoint.
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -135,6 +138,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Whoami => crate::client::whoami().await,
         Command::Admin(command) => crate::client::admin(command).await,
         Command::ServiceAccounts(command) => crate::client::service_accounts(command).await,
+        Command::SshKey(command) => crate::client::ssh_keys(command).await,
         Command::Bench(BenchCommand::Ledger {
             database_url,
             entries,
@@ -188,7 +192,12 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
             },
         ),
         // Handled by `dispatch` before any server configuration is read.
-        Command::Login { .. } | Command::Logout | Command::Whoami | Command::Admin(_) | Command::ServiceAccounts(_) => {
+        Command::Login { .. }
+        | Command::Logout
+        | Command::Whoami
+        | Command::Admin(_)
+        | Command::ServiceAccounts(_)
+        | Command::SshKey(_) => {
             return ExitCode::FAILURE;
         }
         Command::Bench(_) => return ExitCode::FAILURE,

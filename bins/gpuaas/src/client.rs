@@ -1,5 +1,5 @@
-//! The user-facing CLI verbs: `login`, `logout`, `whoami`, `admin …` and
-//! `service-accounts …`. They talk to a running platform over its HTTP API, with the
+//! The user-facing CLI verbs: `login`, `logout`, `whoami`, `admin …`,
+//! `service-accounts …` and `ssh-key …`. They talk to a running platform over its HTTP API, with the
 //! session kept in the user's config dir (mode 0600) and refreshed when it expires.
 
 use std::io::{BufRead as _, Write as _};
@@ -104,6 +104,28 @@ pub enum ServiceAccountCommand {
         #[arg(long)]
         scope: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCommand {
+    /// Register a public key; it is checked here first, so a private key never leaves
+    /// this machine.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The public key file (e.g. ~/.ssh/id_ed25519.pub); `-` reads stdin.
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+    },
+    /// List your keys, newest first.
+    List {
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Remove a key from future allocations.
+    Rm { key_id: String },
 }
 
 /// The saved session.
@@ -421,6 +443,60 @@ pub async fn service_accounts(command: ServiceAccountCommand) -> anyhow::Result<
         ServiceAccountCommand::Token { .. } => serde_json::Value::Null,
     };
     print_json(&value);
+    Ok(())
+}
+
+/// A `.pub` file is one line; anything this large is not one.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the key file, or stdin for `-`.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(MAX_KEY_FILE_BYTES).read_to_string(&mut text).context("cannot read stdin")?;
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.take(MAX_KEY_FILE_BYTES)
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(text)
+}
+
+pub async fn ssh_keys(command: SshKeyCommand) -> anyhow::Result<()> {
+    // Checked before signing in, so a wrong file fails fast and a private key is never
+    // sent anywhere, not even to the platform that would refuse it.
+    let add = match &command {
+        SshKeyCommand::Add { name, file } => {
+            let key = gpuaas_allocations::ssh_keys::parse_public_key(&read_key_file(file)?)?;
+            Some(serde_json::json!({"name": name, "public_key": key.public_key}))
+        }
+        _ => None,
+    };
+    let mut client = Client::load()?;
+    match command {
+        SshKeyCommand::Add { .. } => {
+            let body = add.unwrap_or_default();
+            print_json(&client.json(reqwest::Method::POST, "/api/v1/ssh-keys", Some(&body)).await?);
+        }
+        SshKeyCommand::List { limit, cursor } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(cursor) = cursor {
+                query.append_pair("cursor", &cursor);
+            }
+            let path = format!("/api/v1/ssh-keys?{}", query.finish());
+            print_json(&client.json(reqwest::Method::GET, &path, None).await?);
+        }
+        SshKeyCommand::Rm { key_id } => {
+            let path = format!("/api/v1/ssh-keys/{}", segment(&key_id)?);
+            client.json(reqwest::Method::DELETE, &path, None).await?;
+            eprintln!("removed ssh key {key_id}");
+        }
+    }
     Ok(())
 }
 

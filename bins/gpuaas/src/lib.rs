@@ -26,6 +26,7 @@ pub fn migrations() -> Vec<Migration> {
         gpuaas_inventory::MIGRATIONS,
         gpuaas_billing::MIGRATIONS,
         gpuaas_payments::MIGRATIONS,
+        gpuaas_allocations::MIGRATIONS,
     ]
     .into_iter()
     .flatten()

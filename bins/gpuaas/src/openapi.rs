@@ -39,6 +39,9 @@ use utoipa::OpenApi;
         crate::api::nodes::list_skus,
         crate::api::nodes::list_public_nodes,
         crate::api::nodes::enroll,
+        crate::api::ssh_keys::list_ssh_keys,
+        crate::api::ssh_keys::add_ssh_key,
+        crate::api::ssh_keys::delete_ssh_key,
         crate::api::nodes::admin_list_skus,
         crate::api::nodes::create_sku,
         crate::api::nodes::update_sku,
@@ -62,6 +65,12 @@ use utoipa::OpenApi;
         crate::api::payments::adjust_balance,
         crate::api::payments::refund,
         crate::api::payments::list_sessions,
+        crate::api::allocations::list_allocations,
+        crate::api::allocations::create_allocation,
+        crate::api::allocations::get_allocation,
+        crate::api::allocations::release_allocation,
+        crate::api::allocations::admin_list_allocations,
+        crate::api::allocations::force_release_allocation,
     ),
     components(schemas(gpuaas_kernel::ErrorResponse, gpuaas_kernel::ErrorBody, gpuaas_kernel::ErrCode)),
     modifiers(&BearerAuth),
@@ -74,8 +83,10 @@ use utoipa::OpenApi;
         (name = "admin", description = "Operator endpoints: users, audit, signing keys, SKUs, nodes"),
         (name = "catalog", description = "What can be bought: SKUs and node capacity"),
         (name = "nodes", description = "Node enrollment (the agent's only call on the public API)"),
+        (name = "ssh-keys", description = "The caller's SSH public keys for runtime access"),
         (name = "billing", description = "The tenant's balance, ledger and usage"),
         (name = "payments", description = "Card top-ups through Stripe"),
+        (name = "allocations", description = "GPU allocations: create, watch, reach by SSH, release"),
     )
 )]
 pub struct ApiDoc;

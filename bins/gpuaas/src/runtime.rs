@@ -29,6 +29,7 @@ pub struct Platform {
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub nodes: gpuaas_inventory::NodePlane,
     pub payments: gpuaas_payments::Payments,
+    pub allocations: gpuaas_allocations::Allocations,
 }
 
 /// Card payments through Stripe when configured; without it every payment route
@@ -129,13 +130,19 @@ impl Platform {
         };
         let nodes = node_plane(&config, &store, &policy)?;
         let payments = payments(&config, &store, &policy)?;
-        Ok(Self { config, store, bus, policy, iam, rate_limiter, nodes, payments })
+        let allocations = gpuaas_allocations::Allocations::new(
+            store.clone(),
+            policy.clone(),
+            nodes.clone(),
+            config.resource_ids.clone(),
+        );
+        Ok(Self { config, store, bus, policy, iam, rate_limiter, nodes, payments, allocations })
     }
 }
 
 /// Runs the configured roles until `shutdown` fires, then drains and returns.
 pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Platform { config, store, bus, policy, iam, rate_limiter, nodes, payments } = platform;
+    let Platform { config, store, bus, policy, iam, rate_limiter, nodes, payments, allocations } = platform;
     let mut tasks = JoinSet::new();
     let stop = shutdown.child_token();
 
@@ -150,6 +157,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
             rate_limiter,
             nodes: nodes.clone(),
             payments,
+            allocations: allocations.clone(),
         };
         let app = router(state.clone(), axum::Router::new()).await?;
         let internal_app = crate::api::internal::router(state, crate::api::max_body_bytes(&policy).await?);
@@ -190,6 +198,14 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
     if config.runs(Role::Workers) {
         tasks.spawn(housekeeping_loop(store.clone(), stop.clone()));
         tasks.spawn(node_plane_loop(nodes.clone(), stop.clone()));
+        tasks.spawn(workflow_loop(allocations.clone(), stop.clone()));
+        tasks.spawn(accrual_loop(store.clone(), policy.clone(), stop.clone()));
+        for (name, filter) in
+            [gpuaas_allocations::workflow::PROVISIONING_CONSUMER, gpuaas_allocations::workflow::DEPLETION_CONSUMER]
+        {
+            let spec = gpuaas_events::ConsumerSpec::new(name, filter);
+            tasks.spawn(allocation_events_loop(allocations.clone(), bus.clone(), spec, stop.clone()));
+        }
     }
     tracing::info!(roles = ?config.roles, "gpuaas started");
 
@@ -399,6 +415,122 @@ async fn node_wake_loop(nodes: gpuaas_inventory::NodePlane, stop: CancellationTo
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(NODE_WAKE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Claims due allocations and takes their next workflow step; sleeps until woken (a
+/// create or release in this process) or the poll interval passes when idle.
+async fn workflow_loop(allocations: gpuaas_allocations::Allocations, stop: CancellationToken) -> anyhow::Result<()> {
+    const BATCH: usize = 256;
+    const PARALLEL: usize = 16;
+    loop {
+        let busy = match allocations.run_due(BATCH, PARALLEL).await {
+            Ok(report) => report.claimed == BATCH,
+            Err(error) => {
+                tracing::error!(%error, "allocation workflow pass failed");
+                false
+            }
+        };
+        if busy {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            continue;
+        }
+        let idle = allocations.poll_interval().await;
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = allocations.wait_for_work(idle) => {}
+        }
+    }
+}
+
+/// Debits open usage every cycle and announces balance crossings; the depletion event
+/// is what force-releases a tenant's allocations. Ticks at least every 5 s so a
+/// depleted tenant is noticed soon after its last whole window.
+async fn accrual_loop(store: Store, policy: PolicyClient, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let window: i64 = policy.get(keys::BILLING_WINDOW_SECONDS).await.unwrap_or(60);
+        if let Err(error) = accrual_cycle(&store, &policy, window).await {
+            tracing::error!(%error, "usage accrual failed");
+        }
+        let tick = Duration::from_secs(u64::try_from(window.clamp(1, 5)).unwrap_or(5));
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+/// One accrual cycle and the balance check after it.
+pub async fn accrual_cycle(
+    store: &Store,
+    policy: &PolicyClient,
+    window_seconds: i64,
+) -> anyhow::Result<gpuaas_billing::accrual::AccrualReport> {
+    let settings = gpuaas_billing::accrual::AccrualSettings {
+        window_seconds,
+        checkpoint_every: policy.get(keys::BILLING_CHECKPOINT_EVERY).await?,
+        batch: 1000,
+    };
+    let now = gpuaas_kernel::Timestamp::now();
+    let report = gpuaas_billing::accrual::accrue(store, now, &settings).await?;
+    let threshold: i64 = policy.get(keys::BILLING_LOW_BALANCE_THRESHOLD_MINOR).await?;
+    let correlation_id = format!("accrual-{}", now.as_micros());
+    for alert in gpuaas_billing::accrual::check_balances(store, &report.tenants, threshold, &correlation_id).await? {
+        tracing::info!(tenant_id = %alert.tenant_id, from = ?alert.from, to = ?alert.to, balance_minor = alert.balance_minor, "balance crossed a threshold");
+    }
+    if report.entries > 0 {
+        metrics::counter!("billing_usage_debits_total").increment(report.entries as u64);
+    }
+    Ok(report)
+}
+
+/// Feeds one durable consumer's events to the allocations service, acknowledging each
+/// once handled (handlers are idempotent, so a crash before the ack only repeats one).
+async fn allocation_events_loop(
+    allocations: gpuaas_allocations::Allocations,
+    bus: Arc<dyn EventBus>,
+    spec: gpuaas_events::ConsumerSpec,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    const WAIT: Duration = Duration::from_secs(1);
+    loop {
+        let fetched = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            fetched = bus.fetch(&spec, 64, WAIT) => fetched,
+        };
+        let deliveries = match fetched {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                tracing::warn!(consumer = %spec.name, %error, "event fetch failed");
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(WAIT) => {}
+                }
+                continue;
+            }
+        };
+        let mut failed = false;
+        for delivery in deliveries {
+            let subject = delivery.event.subject.clone();
+            let outcome = match allocations.handle_event(&delivery.event).await {
+                Ok(()) => delivery.ack().await.map_err(anyhow::Error::from),
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = outcome {
+                // Not acknowledged: it (and those after it) come again after a pause.
+                tracing::error!(consumer = %spec.name, %subject, %error, "event handling failed");
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(WAIT) => {}
+            }
         }
     }
 }

@@ -97,3 +97,9 @@ impl From<gpuaas_payments::PaymentsError> for HandlerError {
         from_domain(error.code(), error.field(), &error)
     }
 }
+
+impl From<gpuaas_allocations::AllocationError> for HandlerError {
+    fn from(error: gpuaas_allocations::AllocationError) -> Self {
+        from_domain(error.code(), error.field(), &error)
+    }
+}

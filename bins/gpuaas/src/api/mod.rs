@@ -2,6 +2,7 @@
 //! middleware stack, fallbacks and the system routes.
 
 pub mod admin;
+pub mod allocations;
 pub mod auth;
 pub mod billing;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod nodes;
 pub mod payments;
 pub mod projects;
 pub mod security;
+pub mod ssh_keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub nodes: gpuaas_inventory::NodePlane,
     /// Card top-ups, operator adjustments and refunds.
     pub payments: gpuaas_payments::Payments,
+    /// SSH keys, allocations and their provisioning workflow.
+    pub allocations: gpuaas_allocations::Allocations,
 }
 
 /// Reads per-class bucket limits from policy (the policy client caches). A policy read
@@ -159,6 +163,9 @@ pub fn route_table() -> RouteTable {
         .add(Method::GET, "/api/v1/skus", Authenticated, nodes::list_skus)
         .add(Method::GET, "/api/v1/nodes", Authenticated, nodes::list_public_nodes)
         .add(Method::POST, "/api/v1/nodes/enroll", Public, nodes::enroll)
+        .add(Method::GET, "/api/v1/ssh-keys", Authenticated, ssh_keys::list_ssh_keys)
+        .add(Method::POST, "/api/v1/ssh-keys", Authenticated, ssh_keys::add_ssh_key)
+        .add(Method::DELETE, "/api/v1/ssh-keys/{key_id}", Authenticated, ssh_keys::delete_ssh_key)
         .add(Method::GET, "/api/v1/admin/skus", AdminRead, nodes::admin_list_skus)
         .add(Method::POST, "/api/v1/admin/skus", AdminWrite, nodes::create_sku)
         .add(Method::PATCH, "/api/v1/admin/skus/{sku_id}", AdminWrite, nodes::update_sku)
@@ -182,6 +189,17 @@ pub fn route_table() -> RouteTable {
         .add(Method::POST, "/api/v1/admin/users/{user_id}/balance", BillingOperate, payments::adjust_balance)
         .add(Method::POST, "/api/v1/admin/users/{user_id}/refunds", BillingOperate, payments::refund)
         .add(Method::GET, "/api/v1/admin/payments/sessions", BillingOperate, payments::list_sessions)
+        .add(Method::GET, "/api/v1/allocations", Authenticated, allocations::list_allocations)
+        .add(Method::POST, "/api/v1/allocations", Authenticated, allocations::create_allocation)
+        .add(Method::GET, "/api/v1/allocations/{allocation_id}", Authenticated, allocations::get_allocation)
+        .add(Method::POST, "/api/v1/allocations/{allocation_id}/release", Authenticated, allocations::release_allocation)
+        .add(Method::GET, "/api/v1/admin/allocations", AdminRead, allocations::admin_list_allocations)
+        .add(
+            Method::POST,
+            "/api/v1/admin/allocations/{allocation_id}/force-release",
+            AdminWrite,
+            allocations::force_release_allocation,
+        )
 }
 
 /// Builds the whole router. `extra` lets tests mount routes under the same stack.

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub store: Store,
     pub policy: PolicyClient,
     pub nodes: gpuaas_inventory::NodePlane,
+    /// The allocations service the API uses; tests drive its workflow steps directly.
+    pub allocations: gpuaas_allocations::Allocations,
     /// The internal mTLS listener (`https://127.0.0.1:PORT`), served like `up` does.
     pub internal_base: String,
     /// PEM of the CA that signs node certificates and the internal listener's.
@@ -92,6 +94,8 @@ impl TestApp {
             gpuaas_nodeagent_protocol::TaskSigner::new(signing_key),
             gpuaas_inventory::NodePlaneConfig { internal_url: internal_base.clone(), resource_ids: Default::default() },
         );
+        let allocations =
+            gpuaas_allocations::Allocations::new(store.clone(), policy.clone(), nodes.clone(), Default::default());
         let state = AppState {
             store: store.clone(),
             bus,
@@ -104,6 +108,7 @@ impl TestApp {
                 None => gpuaas_payments::Payments::new(store.clone(), policy.clone(), None, None),
                 Some(stripe) => stripe_payments(&store, &policy, stripe),
             },
+            allocations: allocations.clone(),
         };
         let internal_app = gpuaas::api::internal::router(state.clone(), 1 << 20);
         tokio::spawn(gpuaas::api::internal::serve(
@@ -122,6 +127,7 @@ impl TestApp {
             store,
             policy,
             nodes,
+            allocations,
             internal_base,
             ca_pem,
             pki_dir,

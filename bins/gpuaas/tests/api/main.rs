@@ -2,10 +2,12 @@
 
 mod access;
 mod admin;
+mod allocations;
 mod auth;
 mod helpers;
 mod idempotency;
 mod money;
 mod nodes;
 mod ratelimit;
+mod ssh_keys;
 mod system;

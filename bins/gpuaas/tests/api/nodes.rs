@@ -25,7 +25,7 @@ const AGENT_VERSION: &str = "1.4.0";
 
 // ------------------------------------------------------------------ helpers
 
-fn sku_body(name: &str, gpus: i64) -> serde_json::Value {
+pub(crate) fn sku_body(name: &str, gpus: i64) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "gpu_model": "NVIDIA H100 80GB HBM3",
@@ -39,12 +39,12 @@ fn sku_body(name: &str, gpus: i64) -> serde_json::Value {
 }
 
 /// Adds a SKU as the operator; returns it.
-async fn create_sku(app: &TestApp, admin: &str, name: &str, gpus: i64) -> serde_json::Value {
+pub(crate) async fn create_sku(app: &TestApp, admin: &str, name: &str, gpus: i64) -> serde_json::Value {
     json(app.post("/api/v1/admin/skus", admin, sku_body(name, gpus)).await, 201).await
 }
 
 /// Registers a node as the operator; returns its id and its one-time enrollment token.
-async fn register(app: &TestApp, admin: &str, hostname: &str, sku: &str) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, admin: &str, hostname: &str, sku: &str) -> (String, String) {
     let body =
         json(app.post("/api/v1/admin/nodes", admin, serde_json::json!({"hostname": hostname, "sku": sku})).await, 201)
             .await;
@@ -98,8 +98,8 @@ fn internal_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Cli
 
 /// A node that enrolled over HTTP, with an mTLS client holding its certificate.
 #[derive(Clone)]
-struct Agent {
-    id: String,
+pub(crate) struct Agent {
+    pub(crate) id: String,
     enrollment: EnrollResponse,
     client: reqwest::Client,
 }
@@ -146,7 +146,7 @@ impl Agent {
 }
 
 /// Spends `token` on a certificate for a fresh key and builds the node's mTLS client.
-async fn enroll(app: &TestApp, token: &str) -> Agent {
+pub(crate) async fn enroll(app: &TestApp, token: &str) -> Agent {
     let (key_pem, csr_pem) = key_and_csr();
     let response = post_enroll(app, enroll_body(token, &csr_pem)).await;
     assert_eq!(response.status().as_u16(), 201, "enrollment");
@@ -157,7 +157,7 @@ async fn enroll(app: &TestApp, token: &str) -> Agent {
 }
 
 /// Registers and enrolls a node of `sku`.
-async fn enrolled(app: &TestApp, admin: &str, hostname: &str, sku: &str) -> Agent {
+pub(crate) async fn enrolled(app: &TestApp, admin: &str, hostname: &str, sku: &str) -> Agent {
     let (id, token) = register(app, admin, hostname, sku).await;
     let agent = enroll(app, &token).await;
     assert_eq!(agent.id, id);

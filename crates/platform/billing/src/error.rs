@@ -15,6 +15,8 @@ pub enum BillingError {
     Store(#[from] gpuaas_store::StoreError),
     #[error(transparent)]
     Database(#[from] gpuaas_store::sqlx::Error),
+    #[error(transparent)]
+    Outbox(#[from] gpuaas_outbox::OutboxError),
     #[error("stored billing data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -30,7 +32,9 @@ impl BillingError {
             BillingError::CurrencyMismatch { .. } => ErrCode::CurrencyMismatch,
             BillingError::IdempotencyConflict(_) => ErrCode::Conflict,
             BillingError::NotFound(_) => ErrCode::NotFound,
-            BillingError::Store(_) | BillingError::Database(_) | BillingError::Corrupt(_) => ErrCode::InternalError,
+            BillingError::Store(_) | BillingError::Database(_) | BillingError::Outbox(_) | BillingError::Corrupt(_) => {
+                ErrCode::InternalError
+            }
         }
     }
 

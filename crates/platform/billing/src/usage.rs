@@ -95,6 +95,15 @@ fn validate(record: &NewUsageRecord<'_>) -> Result<(), BillingError> {
     Ok(())
 }
 
+/// The allocation's most recent usage record, if it ever ran.
+pub async fn usage_for_allocation(store: &Store, allocation_id: &str) -> Result<Option<UsageRecord>, BillingError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM usage_records WHERE allocation_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_optional(store.pool()).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 /// Stores a usage record on the caller's connection or transaction.
 pub async fn insert_usage_record(
     connection: &mut Connection,

@@ -43,6 +43,22 @@ pub const PAYMENTS_MAX_AMOUNT_MINOR: PolicyKey<i64> = PolicyKey::new("payments.m
 pub const PAYMENTS_CURRENCIES: PolicyKey<Vec<String>> = PolicyKey::new("payments.currencies");
 pub const BILLING_REFUND_WINDOW_DAYS: PolicyKey<i64> = PolicyKey::new("billing.refund_window_days");
 pub const BILLING_CHECKPOINT_EVERY: PolicyKey<i64> = PolicyKey::new("billing.checkpoint_every");
+pub const BILLING_WINDOW_SECONDS: PolicyKey<i64> = PolicyKey::new("billing.window_seconds");
+pub const BILLING_LOW_BALANCE_THRESHOLD_MINOR: PolicyKey<i64> = PolicyKey::new("billing.low_balance_threshold_minor");
+pub const ALLOCATIONS_MAX_CONCURRENT_PER_USER: PolicyKey<i64> = PolicyKey::new("allocations.max_concurrent_per_user");
+pub const ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT: PolicyKey<i64> =
+    PolicyKey::new("allocations.max_concurrent_per_project");
+pub const ALLOCATIONS_MAX_CONCURRENT_PER_TENANT: PolicyKey<i64> =
+    PolicyKey::new("allocations.max_concurrent_per_tenant");
+pub const ALLOCATIONS_PLACEMENT_STRATEGY: PolicyKey<String> = PolicyKey::new("allocations.placement_strategy");
+pub const ALLOCATIONS_PROVISION_TIMEOUT_SECONDS: PolicyKey<i64> =
+    PolicyKey::new("allocations.provision_timeout_seconds");
+pub const ALLOCATIONS_RELEASE_TIMEOUT_SECONDS: PolicyKey<i64> = PolicyKey::new("allocations.release_timeout_seconds");
+pub const ALLOCATIONS_WORKFLOW_MAX_ATTEMPTS: PolicyKey<i64> = PolicyKey::new("allocations.workflow_max_attempts");
+pub const ALLOCATIONS_WORKFLOW_RETRY_BASE_MS: PolicyKey<i64> = PolicyKey::new("allocations.workflow_retry_base_ms");
+pub const ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS: PolicyKey<i64> =
+    PolicyKey::new("allocations.workflow_poll_interval_ms");
+pub const ALLOCATIONS_RECONCILE_GRACE_SECONDS: PolicyKey<i64> = PolicyKey::new("allocations.reconcile_grace_seconds");
 
 /// All keys, so a test can prove each one is seeded and parses.
 pub const ALL_I64: &[PolicyKey<i64>] = &[
@@ -82,6 +98,17 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     PAYMENTS_MAX_AMOUNT_MINOR,
     BILLING_REFUND_WINDOW_DAYS,
     BILLING_CHECKPOINT_EVERY,
+    BILLING_WINDOW_SECONDS,
+    BILLING_LOW_BALANCE_THRESHOLD_MINOR,
+    ALLOCATIONS_MAX_CONCURRENT_PER_USER,
+    ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT,
+    ALLOCATIONS_MAX_CONCURRENT_PER_TENANT,
+    ALLOCATIONS_PROVISION_TIMEOUT_SECONDS,
+    ALLOCATIONS_RELEASE_TIMEOUT_SECONDS,
+    ALLOCATIONS_WORKFLOW_MAX_ATTEMPTS,
+    ALLOCATIONS_WORKFLOW_RETRY_BASE_MS,
+    ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS,
+    ALLOCATIONS_RECONCILE_GRACE_SECONDS,
 ];
 
 pub const ALL_BOOL: &[PolicyKey<bool>] = &[AUTH_PERSONAL_LOGIN_ENABLED, NODES_EXPOSE_HOSTNAMES];

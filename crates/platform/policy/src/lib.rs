@@ -49,6 +49,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112345_money_policy.sql"),
         postgres: include_str!("../migrations/2026112345_money_policy.sql"),
     },
+    Migration {
+        version: 2026112358,
+        name: "allocation_policy",
+        sqlite: include_str!("../migrations/2026112358_allocation_policy.sql"),
+        postgres: include_str!("../migrations/2026112358_allocation_policy.sql"),
+    },
 ];
 
 /// A named policy value of type `T` (stored as JSON text).

@@ -36,7 +36,7 @@ impl Actor {
         }
     }
 
-    pub(crate) fn entry(&self, action: &str, target: String, details: serde_json::Value) -> NewAuditLog {
+    pub fn entry(&self, action: &str, target: String, details: serde_json::Value) -> NewAuditLog {
         NewAuditLog {
             actor_id: self.id.clone(),
             actor_type: self.actor_type,

@@ -289,6 +289,15 @@ async fn attach_gpus(store: &Store, nodes: &mut [NodeView]) -> Result<(), Invent
     Ok(())
 }
 
+/// A node's registered hostname, read in the caller's transaction.
+pub async fn hostname_in(connection: &mut gpuaas_store::Connection, node_id: &str) -> Result<String, InventoryError> {
+    sqlx::query_scalar("SELECT hostname FROM nodes WHERE id = $1")
+        .bind(node_id)
+        .fetch_optional(&mut *connection)
+        .await?
+        .ok_or(InventoryError::NotFound("node"))
+}
+
 pub async fn get(store: &Store, node_id: &str) -> Result<NodeView, InventoryError> {
     let sql = format!("SELECT {NODE_COLUMNS} FROM nodes n JOIN sku_catalog s ON s.id = n.sku_id WHERE n.id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node_id).fetch_optional(store.pool()).await?;

@@ -180,7 +180,7 @@ pub async fn get(store: &Store, sku_id: &str) -> Result<Sku, InventoryError> {
 }
 
 /// Finds a SKU by id or by name.
-pub(crate) async fn resolve(connection: &mut gpuaas_store::Connection, sku: &str) -> Result<Sku, InventoryError> {
+pub async fn resolve(connection: &mut gpuaas_store::Connection, sku: &str) -> Result<Sku, InventoryError> {
     let sql = format!("SELECT {SKU_COLUMNS} FROM sku_catalog WHERE id = $1 OR name = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sku).fetch_optional(&mut *connection).await?;
     row.as_ref().map(sku_from_row).transpose()?.ok_or_else(|| InventoryError::invalid("sku", "no such SKU"))

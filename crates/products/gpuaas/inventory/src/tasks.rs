@@ -195,14 +195,30 @@ impl NodePlane {
     /// Queues a validated task for a node. Refused for nodes that are retired or not
     /// yet enrolled, and for parameters the protocol rejects.
     pub async fn enqueue_task(&self, actor: &Actor, node_id: &str, task: &Task) -> Result<NodeTask, InventoryError> {
+        let mut tx = self.store().begin().await?;
+        let id = self.enqueue_task_in(&mut tx, actor, node_id, task).await?;
+        tx.commit().await?;
+        self.wake_node(node_id);
+        get(self.store(), &id).await
+    }
+
+    /// [`Self::enqueue_task`] inside the caller's transaction, so a workflow records the
+    /// task id in the same commit that queues the task; returns the task id. Call
+    /// [`Self::wake_node`] after the commit so a parked pull sees it at once.
+    pub async fn enqueue_task_in(
+        &self,
+        connection: &mut gpuaas_store::Connection,
+        actor: &Actor,
+        node_id: &str,
+        task: &Task,
+    ) -> Result<String, InventoryError> {
         task.validate().map_err(|message| InventoryError::invalid("params", message))?;
         let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
         let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
         let id = new_id().to_string();
         let now = Timestamp::now();
         let params = task.params().to_string();
-        let mut tx = self.store().begin().await?;
-        match crate::nodes::lock_status(&mut tx, self.store().dialect(), node_id).await? {
+        match crate::nodes::lock_status(connection, self.store().dialect(), node_id).await? {
             NodeStatus::Retired => return Err(InventoryError::NodeRetired),
             NodeStatus::PendingEnrollment => {
                 return Err(InventoryError::Conflict("the node has not enrolled yet".into()));
@@ -222,11 +238,14 @@ impl NodePlane {
         .bind(&actor.correlation_id)
         .bind(&actor.id)
         .bind(now.as_micros())
-        .execute(&mut *tx)
+        .execute(&mut *connection)
         .await?;
-        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Wakes this process's parked pull of `node_id`, if any.
+    pub fn wake_node(&self, node_id: &str) {
         self.inner.waiters.wake(node_id);
-        get(self.store(), &id).await
     }
 
     /// Leases up to [`MAX_TASKS_PER_PULL`] queued tasks of the node, waiting up to

@@ -1,0 +1,407 @@
+//! Allocations over HTTP: create with placement, money and caps checks, the workflow
+//! driven step by step against the real node task queue, release, force-release,
+//! metering, scoping and the concurrency claim (no GPU ever held twice).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use gpuaas_nodeagent_protocol::{TaskResult, TaskType};
+use gpuaas_policy::keys;
+use gpuaas_testkit::Backend;
+use serde_json::json;
+
+use crate::helpers::{ADMIN_EMAIL, PASSWORD, TestApp, envelope, json};
+use crate::nodes::{create_sku, enrolled, register};
+
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7kXQjbukv2J9T2+pusBj/hiE alloc-test";
+const ALLOCATIONS: &str = "/api/v1/allocations";
+
+fn text(value: &serde_json::Value) -> String {
+    value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()
+}
+
+/// Everything one test needs: an operator, a user with a project, an SSH key and
+/// credit, and an enrolled node of an 8-GPU SKU.
+struct World {
+    admin: String,
+    user: String,
+    project: String,
+    key: String,
+    node: String,
+    sku: String,
+}
+
+async fn admin_token(app: &TestApp) -> String {
+    let login = json(app.login(ADMIN_EMAIL, PASSWORD).await, 200).await;
+    text(&login["access_token"])
+}
+
+async fn world(app: &TestApp, credit_minor: i64) -> World {
+    // Steps run when the test says, not after a poll interval.
+    set_policy(app, keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS, 0).await;
+    let admin = admin_token(app).await;
+    let sku = create_sku(app, &admin, "h100-x8", 8).await;
+    let sku = text(&sku["id"]);
+    let node = enrolled(app, &admin, "gpu-node-1.test", "h100-x8").await.id;
+    let user = app.token_for("alice").await;
+    let me = json(app.get("/api/v1/users/me", &user).await, 200).await;
+    let project = text(&me["projects"][0]["id"]);
+    let key =
+        json(app.post("/api/v1/ssh-keys", &user, json!({"name": "laptop", "public_key": SSH_KEY})).await, 201).await;
+    if credit_minor > 0 {
+        let user_id = app.user_id("alice").await;
+        let body = json!({"amount_minor": credit_minor, "currency": "USD", "reason": "trial credit"});
+        json(app.post(&format!("/api/v1/admin/users/{user_id}/balance"), &admin, body).await, 201).await;
+    }
+    World { admin, user, project, key: text(&key["id"]), node, sku }
+}
+
+fn create_body(world: &World, gpus: i64) -> serde_json::Value {
+    json!({"sku": "h100-x8", "gpu_count": gpus, "project_id": world.project, "ssh_key_ids": [world.key], "name": "train"})
+}
+
+async fn create(app: &TestApp, world: &World, gpus: i64) -> serde_json::Value {
+    json(app.post(ALLOCATIONS, &world.user, create_body(world, gpus)).await, 201).await
+}
+
+async fn show(app: &TestApp, token: &str, id: &str) -> serde_json::Value {
+    json(app.get(&format!("{ALLOCATIONS}/{id}"), token).await, 200).await
+}
+
+/// One workflow pass, as the workers role runs it.
+async fn step(app: &TestApp) {
+    let report = app.allocations.run_due(256, 8).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.failed_steps, 0, "{report:?}");
+}
+
+/// Answers every queued task of the node the way a host would: `outcome` for the
+/// given task type, success for the others. Returns the task types answered.
+async fn answer(app: &TestApp, node: &str, failing: Option<TaskType>) -> Vec<String> {
+    let deliveries = app.nodes.pull_tasks(node, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut answered = Vec::new();
+    for delivery in deliveries {
+        let result = if Some(delivery.task_type.as_str()) == failing.map(TaskType::as_str) {
+            TaskResult::failed("useradd: exit status 9")
+        } else {
+            TaskResult::succeeded(json!({"username": delivery.params["username"]}))
+        };
+        app.nodes.complete_task(node, &delivery.task_id, &result, "test").await.unwrap_or_else(|e| panic!("{e}"));
+        answered.push(delivery.task_type.clone());
+    }
+    answered
+}
+
+async fn held_slots(app: &TestApp, allocation_id: &str) -> i64 {
+    gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM node_resource_slots WHERE allocation_id = $1")
+        .bind(allocation_id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn set_policy(app: &TestApp, key: gpuaas_policy::PolicyKey<i64>, value: i64) {
+    app.policy.set(key, &value).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn statuses(allocation: &serde_json::Value) -> Vec<String> {
+    allocation["transitions"].as_array().map_or_else(Vec::new, |list| list.iter().map(|t| text(&t["to"])).collect())
+}
+
+gpuaas_testkit::both_backends!(an_allocation_is_provisioned_reached_billed_and_released);
+async fn an_allocation_is_provisioned_reached_billed_and_released(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    set_policy(&app, keys::BILLING_WINDOW_SECONDS, 1).await;
+    let world = world(&app, 100_000).await;
+    // 36,000 per GPU-hour is 10 per GPU-second: easy to check by hand.
+    let body = json!({"price_per_gpu_hour_minor": 36_000});
+    json(
+        app.client
+            .patch(app.url(&format!("/api/v1/admin/skus/{}", world.sku)))
+            .bearer_auth(&world.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        200,
+    )
+    .await;
+
+    let created = create(&app, &world, 2).await;
+    let id = text(&created["id"]);
+    assert_eq!(created["status"], "requested");
+    assert_eq!(created["node_id"], world.node.as_str());
+    assert_eq!(created["gpu_indices"].as_array().map(Vec::len), Some(2));
+    assert_eq!(created["hourly_cost_minor"], 72_000);
+    assert!(created["ssh"].is_null(), "no SSH access before active: {created}");
+    assert_eq!(held_slots(&app, &id).await, 2);
+
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "provisioning");
+    // A duplicate kick (a redelivered event) queues nothing new.
+    app.allocations.kick(&id).await.unwrap_or_else(|e| panic!("{e}"));
+    step(&app).await;
+    let provision = app.nodes.pull_tasks(&world.node, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(provision.len(), 1, "exactly one provisioning task");
+    assert_eq!(provision[0].task_type, "allocation.provision_user");
+    assert_eq!(provision[0].params["authorized_keys"], json!([SSH_KEY]));
+    assert_eq!(provision[0].params["gpu_indices"], created["gpu_indices"]);
+    let result = TaskResult::succeeded(json!({}));
+    app.nodes
+        .complete_task(&world.node, &provision[0].task_id, &result, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    step(&app).await;
+
+    let active = show(&app, &world.user, &id).await;
+    assert_eq!(active["status"], "active");
+    let username = text(&active["ssh"]["username"]);
+    assert_eq!(provision[0].params["username"], username.as_str());
+    assert_eq!(active["ssh"]["host"], "gpu-node-1.test");
+    assert_eq!(active["ssh"]["command"], format!("ssh -p 22 {username}@gpu-node-1.test"));
+    assert_eq!(statuses(&active), ["requested", "provisioning", "active"]);
+
+    // Held for a little over two seconds, then billed window by window.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let report = gpuaas::runtime::accrual_cycle(&app.store, &app.policy, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.entries >= 2, "two whole windows billed: {report:?}");
+
+    let released = json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    assert_eq!(released["status"], "releasing");
+    envelope(
+        app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await,
+        409,
+        "allocation_invalid_transition",
+    )
+    .await;
+    step(&app).await;
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
+    step(&app).await;
+    let done = show(&app, &world.user, &id).await;
+    assert_eq!(done["status"], "released");
+    assert_eq!(statuses(&done), ["requested", "provisioning", "active", "releasing", "released"]);
+    assert_eq!(held_slots(&app, &id).await, 0, "GPUs free once released");
+
+    // Debits equal the held seconds at the price, exactly.
+    let usage = json(app.get("/api/v1/billing/usage", &world.user).await, 200).await;
+    let record = &usage["items"][0];
+    assert_eq!(record["allocation_id"], id.as_str());
+    assert!(record["ended_at"].is_string());
+    let seconds = record["billed_seconds"].as_i64().unwrap_or_default();
+    assert!((2..=4).contains(&seconds), "held about 2 s: {record}");
+    assert_eq!(record["billed_minor"].as_i64(), Some(seconds * 20));
+    assert_eq!(done["accrued_cost_minor"].as_i64(), Some(seconds * 20));
+    let ledger = json(app.get("/api/v1/billing/ledger?type=usage_debit", &world.user).await, 200).await;
+    let debited: i64 = ledger["items"]
+        .as_array()
+        .map_or(0, |items| items.iter().map(|e| e["amount_minor"].as_i64().unwrap_or_default()).sum());
+    assert_eq!(debited, -seconds * 20);
+    let balance = json(app.get("/api/v1/billing/balance", &world.user).await, 200).await;
+    assert_eq!(balance["amount_minor"].as_i64(), Some(100_000 - seconds * 20));
+    // A replayed accrual cycle posts nothing more.
+    let again = gpuaas::runtime::accrual_cycle(&app.store, &app.policy, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.entries, 0);
+}
+
+gpuaas_testkit::both_backends!(creating_refuses_what_cannot_be_served);
+async fn creating_refuses_what_cannot_be_served(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 0).await;
+    // No money yet.
+    envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 1)).await, 402, "insufficient_balance").await;
+    let user_id = app.user_id("alice").await;
+    let credit = json!({"amount_minor": 5_000, "currency": "USD", "reason": "trial credit"});
+    json(app.post(&format!("/api/v1/admin/users/{user_id}/balance"), &world.admin, credit).await, 201).await;
+
+    let field = |body: serde_json::Value| body["error"]["details"]["field"].as_str().unwrap_or_default().to_owned();
+    for (patch, expected) in [
+        (json!({"gpu_count": 0}), "gpu_count"),
+        (json!({"gpu_count": 9}), "gpu_count"),
+        (json!({"sku": "no-such-sku"}), "sku"),
+        (json!({"ssh_key_ids": []}), "ssh_key_ids"),
+        (json!({"ssh_key_ids": ["not-a-key"]}), "ssh_key_ids"),
+        (json!({"name": "x".repeat(65)}), "name"),
+    ] {
+        let mut body = create_body(&world, 1);
+        for (key, value) in patch.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        let error = envelope(app.post(ALLOCATIONS, &world.user, body).await, 400, "validation_error").await;
+        assert_eq!(field(error), expected, "{patch}");
+    }
+    let mut unknown = create_body(&world, 1);
+    unknown["colour"] = json!("blue");
+    envelope(app.post(ALLOCATIONS, &world.user, unknown).await, 400, "unknown_field").await;
+    // Another user's key is not usable.
+    let bob = app.token_for("bob").await;
+    let bobs_key =
+        json(app.post("/api/v1/ssh-keys", &bob, json!({"name": "b", "public_key": SSH_KEY})).await, 201).await;
+    let mut body = create_body(&world, 1);
+    body["ssh_key_ids"] = json!([bobs_key["id"]]);
+    assert_eq!(
+        field(envelope(app.post(ALLOCATIONS, &world.user, body).await, 400, "validation_error").await),
+        "ssh_key_ids"
+    );
+    // Another tenant's project is not found.
+    let bob_me = json(app.get("/api/v1/users/me", &bob).await, 200).await;
+    let mut body = create_body(&world, 1);
+    body["project_id"] = bob_me["projects"][0]["id"].clone();
+    envelope(app.post(ALLOCATIONS, &world.user, body).await, 404, "not_found").await;
+
+    // Capacity: 8 GPUs on the only node.
+    let first = create(&app, &world, 6).await;
+    envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 3)).await, 409, "sku_unavailable").await;
+    // Caps from policy.
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 2).await;
+    create(&app, &world, 1).await;
+    envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 1)).await, 429, "allocation_limit_reached").await;
+
+    // Scoping: bob sees nothing of alice's.
+    let id = text(&first["id"]);
+    envelope(app.get(&format!("{ALLOCATIONS}/{id}"), &bob).await, 404, "not_found").await;
+    envelope(app.post(&format!("{ALLOCATIONS}/{id}/release"), &bob, json!({})).await, 404, "not_found").await;
+    let bobs = json(app.get(ALLOCATIONS, &bob).await, 200).await;
+    assert_eq!(bobs["items"].as_array().map(Vec::len), Some(0));
+    let alices = json(app.get(&format!("{ALLOCATIONS}?status=requested"), &world.user).await, 200).await;
+    assert_eq!(alices["items"].as_array().map(Vec::len), Some(2));
+    envelope(app.get(&format!("{ALLOCATIONS}?status=sleeping"), &world.user).await, 400, "validation_error").await;
+    // Releasing before it is active is not a transition the machine has.
+    envelope(
+        app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await,
+        409,
+        "allocation_invalid_transition",
+    )
+    .await;
+    // Only operators force-release, with a reason.
+    let force = format!("/api/v1/admin/allocations/{id}/force-release");
+    envelope(app.post(&force, &world.user, json!({"reason": "mine"})).await, 403, "forbidden").await;
+    envelope(app.post(&force, &world.admin, json!({"reason": ""})).await, 400, "validation_error").await;
+    let forced = json(app.post(&force, &world.admin, json!({"reason": "customer asked by phone"})).await, 200).await;
+    assert_eq!(forced["status"], "failed");
+    assert_eq!(forced["failure_reason"], "customer asked by phone");
+    assert_eq!(held_slots(&app, &id).await, 0);
+    envelope(app.post(&force, &world.admin, json!({"reason": "again"})).await, 409, "allocation_invalid_transition")
+        .await;
+    let audit =
+        json(app.get("/api/v1/admin/audit-logs?action=allocation.force_release", &world.admin).await, 200).await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
+}
+
+gpuaas_testkit::both_backends!(failed_provisioning_frees_gpus_and_failed_releases_can_be_retried);
+async fn failed_provisioning_frees_gpus_and_failed_releases_can_be_retried(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    set_policy(&app, keys::ALLOCATIONS_WORKFLOW_MAX_ATTEMPTS, 2).await;
+    set_policy(&app, keys::ALLOCATIONS_WORKFLOW_RETRY_BASE_MS, 0).await;
+    let world = world(&app, 50_000).await;
+
+    // Provisioning fails on every attempt: failed, GPUs freed, nothing billed.
+    let doomed = text(&create(&app, &world, 4).await["id"]);
+    step(&app).await;
+    for _ in 0..2 {
+        assert_eq!(answer(&app, &world.node, Some(TaskType::ProvisionUser)).await, ["allocation.provision_user"]);
+        step(&app).await;
+    }
+    let failed = show(&app, &world.user, &doomed).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(text(&failed["failure_reason"]).contains("useradd"), "{failed}");
+    assert_eq!(held_slots(&app, &doomed).await, 0);
+    assert_eq!(failed["accrued_cost_minor"], 0);
+    // The node is told to remove whatever it may have created.
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
+
+    // A release whose task never comes back: release_failed, GPUs held.
+    let id = text(&create(&app, &world, 2).await["id"]);
+    step(&app).await;
+    answer(&app, &world.node, None).await;
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "active");
+    set_policy(&app, keys::ALLOCATIONS_RELEASE_TIMEOUT_SECONDS, 0).await;
+    json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    step(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    step(&app).await;
+    let stuck = show(&app, &world.user, &id).await;
+    assert_eq!(stuck["status"], "release_failed", "{stuck}");
+    assert!(text(&stuck["failure_reason"]).contains("timed out"));
+    assert_eq!(held_slots(&app, &id).await, 2, "GPUs stay reserved until the release completes");
+    let listed = json(app.get("/api/v1/admin/allocations?status=release_failed", &world.admin).await, 200).await;
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+
+    // The user retries; it fails again; the operator force-releases and it completes.
+    json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    step(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "release_failed");
+    set_policy(&app, keys::ALLOCATIONS_RELEASE_TIMEOUT_SECONDS, 300).await;
+    let force = format!("/api/v1/admin/allocations/{id}/force-release");
+    let forced = json(app.post(&force, &world.admin, json!({"reason": "node rebooted"})).await, 200).await;
+    assert_eq!(forced["status"], "releasing");
+    step(&app).await;
+    // Earlier revoke tasks were never answered; answer them all now.
+    answer(&app, &world.node, None).await;
+    step(&app).await;
+    let done = show(&app, &world.user, &id).await;
+    assert_eq!(done["status"], "released", "{done}");
+    assert_eq!(held_slots(&app, &id).await, 0);
+    let reasons: Vec<String> = done["transitions"]
+        .as_array()
+        .map_or_else(Vec::new, |list| list.iter().filter_map(|t| t["reason"].as_str().map(str::to_owned)).collect());
+    assert!(reasons.iter().any(|reason| reason == "node rebooted"), "{reasons:?}");
+}
+
+gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);
+async fn racing_creates_never_share_a_gpu(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // 200 writes at once from one user: lift the write rate limit before its bucket exists.
+    set_policy(&app, keys::RATELIMIT_WRITE_BURST, 10_000).await;
+    let world = world(&app, 1_000_000).await;
+    for cap in [
+        keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER,
+        keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT,
+        keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT,
+    ] {
+        set_policy(&app, cap, 1_000).await;
+    }
+    // 1 node already; 7 more: 64 GPUs for 200 racing requests of 1 or 2 GPUs.
+    for index in 2..=8 {
+        let (_, token) = register(&app, &world.admin, &format!("gpu-node-{index}.test"), "h100-x8").await;
+        crate::nodes::enroll(&app, &token).await;
+    }
+    let (app_ref, user) = (&app, world.user.as_str());
+    let requests = (0..200).map(|index| {
+        let body = create_body(&world, 1 + index % 2);
+        async move { app_ref.post(ALLOCATIONS, user, body).await }
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut created = 0;
+    let mut gpus = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            201 => {
+                let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+                created += 1;
+                gpus += body["gpu_count"].as_i64().unwrap_or_default();
+            }
+            409 => {}
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+    assert!(created > 0);
+    let rows: Vec<(String, i64, String)> = gpuaas_store::sqlx::query_as(
+        "SELECT node_id, gpu_index, allocation_id FROM node_resource_slots WHERE allocation_id IS NOT NULL",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.len() as i64, gpus, "every reserved GPU belongs to exactly one created allocation");
+    let distinct: HashSet<(String, i64)> = rows.iter().map(|(node, index, _)| (node.clone(), *index)).collect();
+    assert_eq!(distinct.len(), rows.len());
+    // Each allocation's GPUs are on one node and match what it was given.
+    let page = json(app.get(&format!("{ALLOCATIONS}?limit=200"), &world.user).await, 200).await;
+    for allocation in page["items"].as_array().into_iter().flatten() {
+        let held: Vec<&(String, i64, String)> = rows.iter().filter(|row| allocation["id"] == row.2.as_str()).collect();
+        assert_eq!(held.len() as i64, allocation["gpu_count"].as_i64().unwrap_or_default());
+        assert!(held.iter().all(|row| allocation["node_id"] == row.0.as_str()));
+    }
+    assert!((62..=64).contains(&gpus), "placement fills the fleet: {gpus}");
+}

@@ -1,0 +1,444 @@
+//! Per-second metering. An open usage record is debited window by window (the
+//! policy's `billing.window_seconds`): the cost of the first `s` seconds is
+//! `floor(price_per_gpu_hour × gpu_count × s / 3600)`, and a window from `a` to `b`
+//! seconds costs `cost(b) − cost(a)`. Rounding down the running total instead of each
+//! window keeps the sum of all windows exactly the cost of the whole run, never more
+//! than one minor unit under the exact amount. Each window's entry has the idempotency
+//! key `usage:{record}:{window start}`, so a replayed cycle posts nothing twice.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use gpuaas_events::EventEnvelope;
+use gpuaas_kernel::Timestamp;
+use gpuaas_store::sqlx::{self, Row as _};
+use gpuaas_store::{Connection, Dialect, Store};
+use serde::Serialize;
+
+use crate::{BillingError, EntryType, NewEntry};
+
+pub const LOW_BALANCE_WARNING: &str = "platform.billing.low_balance_warning";
+pub const BALANCE_DEPLETED: &str = "platform.billing.balance_depleted";
+/// `reference_type` of usage debits.
+pub const REFERENCE_USAGE_RECORD: &str = "usage_record";
+const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// How an accrual cycle runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccrualSettings {
+    pub window_seconds: i64,
+    pub checkpoint_every: i64,
+    /// Records debited per transaction.
+    pub batch: usize,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccrualReport {
+    pub records: usize,
+    pub entries: usize,
+    pub debited_minor: i64,
+    /// Tenants debited in this cycle, for the balance check that follows.
+    pub tenants: BTreeSet<String>,
+}
+
+/// The cost of the first `seconds` seconds at `price_per_gpu_hour_minor` for
+/// `gpu_count` GPUs, rounded down; saturates rather than overflows.
+pub fn cost_through(price_per_gpu_hour_minor: i64, gpu_count: i64, seconds: i64) -> i64 {
+    i128::from(price_per_gpu_hour_minor)
+        .checked_mul(i128::from(gpu_count))
+        .and_then(|rate| rate.checked_mul(i128::from(seconds.max(0))))
+        .map_or(i64::MAX, |total| i64::try_from(total / 3600).unwrap_or(i64::MAX))
+}
+
+struct OpenRecord {
+    id: String,
+    tenant_id: String,
+    currency: String,
+    gpu_count: i64,
+    price: i64,
+    started_at: i64,
+    billed_seconds: i64,
+    billed_minor: i64,
+}
+
+fn open_record(row: &gpuaas_store::Row) -> Result<OpenRecord, BillingError> {
+    Ok(OpenRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        currency: row.try_get("currency")?,
+        gpu_count: row.try_get("gpu_count")?,
+        price: row.try_get("price_per_gpu_hour_minor")?,
+        started_at: row.try_get("started_at")?,
+        billed_seconds: row.try_get("billed_seconds")?,
+        billed_minor: row.try_get("billed_minor")?,
+    })
+}
+
+const OPEN_COLUMNS: &str =
+    "id, tenant_id, currency, gpu_count, price_per_gpu_hour_minor, started_at, billed_seconds, billed_minor";
+
+/// A debit to post for one window, with the record's new totals.
+struct WindowDebit {
+    record: usize,
+    key: String,
+    amount_minor: i64,
+}
+
+/// The debits that bring `record` up to `through_seconds`, one per window starting at
+/// its billed point, and its new billed totals.
+fn debits_through(
+    record: &OpenRecord,
+    index: usize,
+    through_seconds: i64,
+    window_seconds: i64,
+    out: &mut Vec<WindowDebit>,
+) -> (i64, i64) {
+    let mut billed = record.billed_seconds;
+    let mut billed_minor = record.billed_minor;
+    while billed < through_seconds {
+        let end = (billed + window_seconds).min(through_seconds);
+        let amount =
+            cost_through(record.price, record.gpu_count, end) - cost_through(record.price, record.gpu_count, billed);
+        // A window too short to cost a whole minor unit posts nothing; the running
+        // total carries it into the next one.
+        if amount > 0 {
+            out.push(WindowDebit { record: index, key: format!("usage:{}:{billed}", record.id), amount_minor: amount });
+            billed_minor += amount;
+        }
+        billed = end;
+    }
+    (billed, billed_minor)
+}
+
+async fn post_debits(
+    connection: &mut Connection,
+    dialect: Dialect,
+    records: &[OpenRecord],
+    debits: &[WindowDebit],
+    correlation_id: &str,
+    checkpoint_every: i64,
+) -> Result<(), BillingError> {
+    if debits.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<NewEntry<'_>> = debits
+        .iter()
+        .map(|debit| {
+            let record = &records[debit.record];
+            NewEntry {
+                tenant_id: &record.tenant_id,
+                entry_type: EntryType::UsageDebit,
+                amount_minor: -debit.amount_minor,
+                currency: &record.currency,
+                idempotency_key: &debit.key,
+                reference_type: REFERENCE_USAGE_RECORD,
+                reference_id: &record.id,
+                correlation_id,
+                created_by: "system:billing",
+                description: None,
+            }
+        })
+        .collect();
+    crate::post_many(connection, dialect, &entries, checkpoint_every).await?;
+    Ok(())
+}
+
+/// Debits every open usage record for the whole windows elapsed by `now`, in batches
+/// of `settings.batch` records per transaction. Records another worker holds are
+/// skipped on PostgreSQL and picked up by the next cycle.
+pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -> Result<AccrualReport, BillingError> {
+    if settings.window_seconds < 1 {
+        return Err(BillingError::invalid("window_seconds", "must be at least 1"));
+    }
+    let window = settings.window_seconds;
+    let mut report = AccrualReport::default();
+    let correlation_id = format!("accrual-{}", now.as_micros());
+    loop {
+        let mut tx = store.begin().await?;
+        let sql = format!(
+            "SELECT {OPEN_COLUMNS} FROM usage_records WHERE ended_at IS NULL \
+             AND started_at + (billed_seconds + $1) * {MICROS_PER_SECOND} <= $2 ORDER BY started_at, id LIMIT $3{}",
+            store.dialect().skip_locked()
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(window)
+            .bind(now.as_micros())
+            .bind(i64::try_from(settings.batch.max(1)).unwrap_or(i64::MAX))
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let records = rows.iter().map(open_record).collect::<Result<Vec<_>, _>>()?;
+        let mut debits = Vec::new();
+        let mut totals = Vec::with_capacity(records.len());
+        for (index, record) in records.iter().enumerate() {
+            let elapsed = (now.as_micros() - record.started_at) / MICROS_PER_SECOND;
+            // Only whole windows here; the partial one is billed when the record closes.
+            let through = record.billed_seconds + (elapsed - record.billed_seconds) / window * window;
+            totals.push(debits_through(record, index, through, window, &mut debits));
+        }
+        post_debits(&mut tx, store.dialect(), &records, &debits, &correlation_id, settings.checkpoint_every).await?;
+        update_totals(&mut tx, &records, &totals, None).await?;
+        tx.commit().await?;
+        report.records += records.len();
+        report.entries += debits.len();
+        report.debited_minor += debits.iter().map(|debit| debit.amount_minor).sum::<i64>();
+        report.tenants.extend(records.iter().map(|record| record.tenant_id.clone()));
+        if records.len() < settings.batch.max(1) {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Writes the new billed totals of `records` in one statement (and `ended_at`, when
+/// closing).
+async fn update_totals(
+    connection: &mut Connection,
+    records: &[OpenRecord],
+    totals: &[(i64, i64)],
+    ended_at: Option<Timestamp>,
+) -> Result<(), BillingError> {
+    for (records, totals) in records.chunks(500).zip(totals.chunks(500)) {
+        let mut sql = String::from("WITH totals (id, billed_seconds, billed_minor) AS (VALUES ");
+        for index in 0..records.len() {
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "(${}, ${}, ${})", 3 * index + 1, 3 * index + 2, 3 * index + 3);
+        }
+        let ended = match ended_at {
+            Some(_) => format!(", ended_at = ${}", 3 * records.len() + 1),
+            None => String::new(),
+        };
+        let _ = write!(
+            sql,
+            ") UPDATE usage_records SET billed_seconds = totals.billed_seconds, billed_minor = totals.billed_minor{ended} \
+             FROM totals WHERE usage_records.id = totals.id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (record, (seconds, minor)) in records.iter().zip(totals) {
+            query = query.bind(record.id.as_str()).bind(*seconds).bind(*minor);
+        }
+        if let Some(ended_at) = ended_at {
+            query = query.bind(ended_at.as_micros());
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+/// Closes the allocation's open usage record at `ended_at` in the caller's
+/// transaction, billing the seconds not yet billed (the final, partial window). `None`
+/// when the allocation has no open record (never active, or already closed).
+pub async fn close_usage(
+    connection: &mut Connection,
+    dialect: Dialect,
+    allocation_id: &str,
+    ended_at: Timestamp,
+    window_seconds: i64,
+    checkpoint_every: i64,
+    correlation_id: &str,
+) -> Result<Option<i64>, BillingError> {
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!("SELECT {OPEN_COLUMNS} FROM usage_records WHERE allocation_id = $1 AND ended_at IS NULL{lock}");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_all(&mut *connection).await?;
+    let records = rows.iter().map(open_record).collect::<Result<Vec<_>, _>>()?;
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let mut debits = Vec::new();
+    let mut totals = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let elapsed = ((ended_at.as_micros() - record.started_at) / MICROS_PER_SECOND).max(record.billed_seconds);
+        totals.push(debits_through(record, index, elapsed, window_seconds.max(1), &mut debits));
+    }
+    post_debits(connection, dialect, &records, &debits, correlation_id, checkpoint_every).await?;
+    update_totals(connection, &records, &totals, Some(ended_at)).await?;
+    Ok(Some(totals.iter().map(|(_, minor)| *minor).sum()))
+}
+
+/// Where a tenant's balance stands against the low-balance threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceState {
+    Ok,
+    Low,
+    Depleted,
+}
+
+impl BalanceState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BalanceState::Ok => "ok",
+            BalanceState::Low => "low",
+            BalanceState::Depleted => "depleted",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "low" => BalanceState::Low,
+            "depleted" => BalanceState::Depleted,
+            _ => BalanceState::Ok,
+        }
+    }
+
+    pub const fn of(balance_minor: i64, threshold_minor: i64) -> Self {
+        if balance_minor <= 0 {
+            BalanceState::Depleted
+        } else if balance_minor <= threshold_minor {
+            BalanceState::Low
+        } else {
+            BalanceState::Ok
+        }
+    }
+}
+
+/// A crossing announced by [`check_balances`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceAlert {
+    pub tenant_id: String,
+    pub from: BalanceState,
+    pub to: BalanceState,
+    pub balance_minor: i64,
+}
+
+/// Compares the balance of `tenants` (and of every tenant last seen low or depleted,
+/// so a top-up resets it) with the threshold and records each crossing once: entering
+/// low (from ok) queues `platform.billing.low_balance_warning`; entering depleted queues
+/// `platform.billing.balance_depleted` (and the warning too when it came straight from
+/// ok). Staying low or depleted announces nothing; going back above the threshold
+/// re-arms both.
+pub async fn check_balances(
+    store: &Store,
+    tenants: &BTreeSet<String>,
+    threshold_minor: i64,
+    correlation_id: &str,
+) -> Result<Vec<BalanceAlert>, BillingError> {
+    let flagged: Vec<String> = sqlx::query_scalar("SELECT tenant_id FROM billing_balance_alerts WHERE state <> 'ok'")
+        .fetch_all(store.pool())
+        .await?;
+    let mut all: BTreeSet<&str> = tenants.iter().map(String::as_str).collect();
+    all.extend(flagged.iter().map(String::as_str));
+    let mut alerts = Vec::new();
+    for tenant in all {
+        let mut tx = store.begin().await?;
+        let balance = crate::balance_in(&mut tx, tenant).await?;
+        let Some(currency) = balance.currency else {
+            continue;
+        };
+        let row = sqlx::query("SELECT state FROM billing_balance_alerts WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let from = match &row {
+            Some(row) => BalanceState::parse(&row.try_get::<String, _>("state")?),
+            None => BalanceState::Ok,
+        };
+        let to = BalanceState::of(balance.amount_minor, threshold_minor);
+        if from == to {
+            continue;
+        }
+        let now = Timestamp::now().as_micros();
+        sqlx::query(
+            "INSERT INTO billing_balance_alerts (tenant_id, state, balance_minor, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id) DO UPDATE SET state = $2, balance_minor = $3, changed_at = $4",
+        )
+        .bind(tenant)
+        .bind(to.as_str())
+        .bind(balance.amount_minor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({
+            "tenant_id": tenant,
+            "balance_minor": balance.amount_minor,
+            "currency": currency,
+            "threshold_minor": threshold_minor,
+        });
+        if from == BalanceState::Ok && to != BalanceState::Ok {
+            gpuaas_outbox::enqueue(
+                &mut tx,
+                &EventEnvelope::new(LOW_BALANCE_WARNING, 1, correlation_id, payload.clone()),
+            )
+            .await?;
+        }
+        if to == BalanceState::Depleted {
+            gpuaas_outbox::enqueue(&mut tx, &EventEnvelope::new(BALANCE_DEPLETED, 1, correlation_id, payload)).await?;
+        }
+        tx.commit().await?;
+        alerts.push(BalanceAlert { tenant_id: tenant.to_owned(), from, to, balance_minor: balance.amount_minor });
+    }
+    Ok(alerts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(price: i64, gpus: i64) -> OpenRecord {
+        OpenRecord {
+            id: "u1".into(),
+            tenant_id: "t1".into(),
+            currency: "USD".into(),
+            gpu_count: gpus,
+            price,
+            started_at: 0,
+            billed_seconds: 0,
+            billed_minor: 0,
+        }
+    }
+
+    #[test]
+    fn cost_rounds_the_running_total_down() {
+        assert_eq!(cost_through(250, 8, 3600), 2000);
+        assert_eq!(cost_through(250, 1, 1), 0);
+        assert_eq!(cost_through(250, 1, 15), 1);
+        assert_eq!(cost_through(i64::MAX, i64::MAX, i64::MAX), i64::MAX);
+        assert_eq!(cost_through(100, 1, -5), 0);
+    }
+
+    #[test]
+    fn balance_states_follow_the_threshold() {
+        assert_eq!(BalanceState::of(0, 100), BalanceState::Depleted);
+        assert_eq!(BalanceState::of(-1, 100), BalanceState::Depleted);
+        assert_eq!(BalanceState::of(100, 100), BalanceState::Low);
+        assert_eq!(BalanceState::of(101, 100), BalanceState::Ok);
+    }
+
+    proptest! {
+        /// However the run is cut into windows and cycles, the debits sum to the cost
+        /// of the whole run, each key is used once, and no debit is zero or negative.
+        #[test]
+        fn windows_sum_to_the_whole(
+            price in 1i64..100_000,
+            gpus in 1i64..16,
+            window in 1i64..600,
+            cuts in proptest::collection::vec(0i64..5_000, 1..12),
+        ) {
+            let mut record = record(price, gpus);
+            let mut debits = Vec::new();
+            let mut through = 0;
+            for cut in cuts {
+                through += cut;
+                let (billed, minor) = debits_through(&record, 0, through, window, &mut debits);
+                record.billed_seconds = billed;
+                record.billed_minor = minor;
+            }
+            prop_assert_eq!(record.billed_seconds, through);
+            prop_assert_eq!(record.billed_minor, cost_through(price, gpus, through));
+            prop_assert_eq!(debits.iter().map(|d| d.amount_minor).sum::<i64>(), record.billed_minor);
+            prop_assert!(debits.iter().all(|d| d.amount_minor > 0));
+            let keys: BTreeSet<&str> = debits.iter().map(|d| d.key.as_str()).collect();
+            prop_assert_eq!(keys.len(), debits.len());
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Reconciliation: compares what each node reports with what is billed.

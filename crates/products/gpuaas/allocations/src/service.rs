@@ -1,0 +1,794 @@
+//! Creating, reading and releasing allocations. Every status change goes through
+//! [`transition_in`]: it checks the state machine, stamps the time, records who and
+//! why, and queues the event, all in the caller's transaction.
+
+use gpuaas_billing::UsageRecord;
+use gpuaas_events::EventEnvelope;
+use gpuaas_inventory::slots::{self, PlacementStrategy};
+use gpuaas_kernel::{Cursor, Timestamp, new_id};
+use gpuaas_policy::keys;
+use gpuaas_store::sqlx::{self, Row as _};
+use gpuaas_store::{Connection, Dialect, Row};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::events::{self, LifecycleEvent};
+use crate::{Actor, AllocationError, AllocationStatus, Allocations};
+
+/// Most GPUs one allocation may ask for (one node's worth on the largest SKUs).
+pub const MAX_GPU_COUNT: i64 = 16;
+/// Most SSH keys installed for one allocation.
+pub const MAX_SSH_KEYS: usize = 32;
+/// Longest allocation name, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest reason an operator may give, in characters.
+pub const MAX_REASON_LEN: usize = 500;
+/// The SSH port allocation users reach their node on.
+pub const SSH_PORT: u16 = 22;
+
+/// What a user asks for. `sku` is a SKU id or name.
+#[derive(Debug, Clone)]
+pub struct NewAllocation<'a> {
+    pub tenant_id: &'a str,
+    pub project_id: &'a str,
+    pub user_id: &'a str,
+    pub sku: &'a str,
+    pub gpu_count: i64,
+    pub ssh_key_ids: &'a [String],
+    pub name: Option<&'a str>,
+}
+
+/// How to reach an active allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SshAccess {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    /// Ready to paste: `ssh -p 22 user@host`.
+    pub command: String,
+}
+
+/// One status change, with who made it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Transition {
+    pub from: Option<AllocationStatus>,
+    pub to: AllocationStatus,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub correlation_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+}
+
+/// An allocation as its owner and operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Allocation {
+    pub id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub sku_id: String,
+    pub gpu_count: i64,
+    pub status: AllocationStatus,
+    pub node_id: String,
+    pub gpu_indices: Vec<i64>,
+    /// Present once the allocation is active (and while it is being released).
+    pub ssh: Option<SshAccess>,
+    pub price_per_gpu_hour_minor: i64,
+    /// Price of the whole allocation for one hour.
+    pub hourly_cost_minor: i64,
+    pub currency: String,
+    /// What its run has cost so far (debited plus accrued since the last window).
+    pub accrued_cost_minor: i64,
+    pub failure_reason: Option<String>,
+    pub correlation_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub provisioning_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub active_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub releasing_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub released_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub failed_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub release_failed_at: Option<Timestamp>,
+    /// Every transition, oldest first (single-allocation reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transitions: Option<Vec<Transition>>,
+}
+
+/// The stored row with the workflow's own columns, which the API never shows.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) view: Allocation,
+    pub(crate) ssh_username: String,
+    pub(crate) authorized_keys: Vec<String>,
+    pub(crate) cpu_millicores: i64,
+    pub(crate) memory_bytes: i64,
+    pub(crate) workflow_attempts: i64,
+    pub(crate) workflow_deadline: Option<Timestamp>,
+    pub(crate) provision_task_id: Option<String>,
+    pub(crate) release_task_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationFilter {
+    pub status: Option<AllocationStatus>,
+    /// Only this tenant's (users); `None` for operators.
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AllocationPage {
+    pub items: Vec<Allocation>,
+    pub next_cursor: Option<String>,
+}
+
+pub(crate) const COLUMNS: &str = "id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
+     gpu_indices, ssh_host, ssh_username, authorized_keys, cpu_millicores, memory_bytes, price_per_gpu_hour_minor, \
+     currency, failure_reason, correlation_id, workflow_attempts, workflow_deadline, provision_task_id, \
+     release_task_id, created_at, updated_at, provisioning_at, active_at, releasing_at, released_at, failed_at, \
+     release_failed_at";
+
+fn time(row: &Row, column: &str) -> Result<Option<Timestamp>, AllocationError> {
+    Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_micros))
+}
+
+fn json_list<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> Result<Vec<T>, AllocationError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|error| AllocationError::Corrupt(format!("{column}: {error}")))
+}
+
+pub(crate) fn record_from_row(row: &Row) -> Result<Record, AllocationError> {
+    let status: String = row.try_get("status")?;
+    let status =
+        AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))?;
+    let ssh_host: String = row.try_get("ssh_host")?;
+    let ssh_username: String = row.try_get("ssh_username")?;
+    let gpu_count: i64 = row.try_get("gpu_count")?;
+    let price: i64 = row.try_get("price_per_gpu_hour_minor")?;
+    let ssh =
+        matches!(status, AllocationStatus::Active | AllocationStatus::Releasing | AllocationStatus::ReleaseFailed)
+            .then(|| SshAccess {
+                command: format!("ssh -p {SSH_PORT} {ssh_username}@{ssh_host}"),
+                host: ssh_host.clone(),
+                port: SSH_PORT,
+                username: ssh_username.clone(),
+            });
+    let view = Allocation {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        sku_id: row.try_get("sku_id")?,
+        gpu_count,
+        status,
+        node_id: row.try_get("node_id")?,
+        gpu_indices: json_list(row, "gpu_indices")?,
+        ssh,
+        price_per_gpu_hour_minor: price,
+        hourly_cost_minor: price.saturating_mul(gpu_count),
+        currency: row.try_get("currency")?,
+        accrued_cost_minor: 0,
+        failure_reason: row.try_get("failure_reason")?,
+        correlation_id: row.try_get("correlation_id")?,
+        created_at: Timestamp::from_micros(row.try_get("created_at")?),
+        updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
+        provisioning_at: time(row, "provisioning_at")?,
+        active_at: time(row, "active_at")?,
+        releasing_at: time(row, "releasing_at")?,
+        released_at: time(row, "released_at")?,
+        failed_at: time(row, "failed_at")?,
+        release_failed_at: time(row, "release_failed_at")?,
+        transitions: None,
+    };
+    Ok(Record {
+        view,
+        ssh_username,
+        authorized_keys: json_list(row, "authorized_keys")?,
+        cpu_millicores: row.try_get("cpu_millicores")?,
+        memory_bytes: row.try_get("memory_bytes")?,
+        workflow_attempts: row.try_get("workflow_attempts")?,
+        workflow_deadline: time(row, "workflow_deadline")?,
+        provision_task_id: row.try_get("provision_task_id")?,
+        release_task_id: row.try_get("release_task_id")?,
+    })
+}
+
+/// Reads and locks one allocation in the caller's transaction (PostgreSQL row lock;
+/// SQLite's write transaction already excludes other writers).
+pub(crate) async fn lock(
+    connection: &mut Connection,
+    dialect: Dialect,
+    allocation_id: &str,
+) -> Result<Record, AllocationError> {
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id = $1{lock}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_optional(&mut *connection).await?;
+    row.as_ref().map(record_from_row).transpose()?.ok_or(AllocationError::NotFound("allocation"))
+}
+
+/// A status change to make.
+pub(crate) struct Change<'a> {
+    pub(crate) to: AllocationStatus,
+    pub(crate) actor: &'a Actor,
+    pub(crate) reason: Option<&'a str>,
+    /// The event to queue, if this change announces one.
+    pub(crate) subject: Option<&'static str>,
+}
+
+/// Moves `record` to `change.to` in the caller's transaction: refuses an illegal
+/// transition, refuses (as a conflict) a row that changed since it was read, stamps
+/// the status's time column, records the transition and queues the event.
+pub(crate) async fn transition_in(
+    connection: &mut Connection,
+    record: &mut Record,
+    change: &Change<'_>,
+) -> Result<(), AllocationError> {
+    let from = record.view.status;
+    let to = from.transition(change.to)?;
+    let now = Timestamp::now();
+    let stamp = format!("{}_at", to.as_str());
+    let sql = format!(
+        "UPDATE allocations SET status = $1, updated_at = $2, {stamp} = $2, \
+         failure_reason = COALESCE($3, failure_reason) WHERE id = $4 AND status = $5"
+    );
+    let failure =
+        matches!(to, AllocationStatus::Failed | AllocationStatus::ReleaseFailed).then_some(change.reason).flatten();
+    let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to.as_str())
+        .bind(now.as_micros())
+        .bind(failure)
+        .bind(&record.view.id)
+        .bind(from.as_str())
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+    if updated != 1 {
+        return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
+    }
+    sqlx::query(
+        "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(new_id().to_string())
+    .bind(&record.view.id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(&change.actor.id)
+    .bind(change.reason)
+    .bind(&change.actor.correlation_id)
+    .bind(now.as_micros())
+    .execute(&mut *connection)
+    .await?;
+    if let Some(subject) = change.subject {
+        queue_event(connection, record, subject, Some(from), to, change.reason, &change.actor.correlation_id).await?;
+    }
+    record.view.status = to;
+    record.view.updated_at = now;
+    if failure.is_some() {
+        record.view.failure_reason = failure.map(str::to_owned);
+    }
+    Ok(())
+}
+
+async fn queue_event(
+    connection: &mut Connection,
+    record: &Record,
+    subject: &'static str,
+    from: Option<AllocationStatus>,
+    to: AllocationStatus,
+    reason: Option<&str>,
+    correlation_id: &str,
+) -> Result<(), AllocationError> {
+    let payload = LifecycleEvent {
+        allocation_id: &record.view.id,
+        tenant_id: &record.view.tenant_id,
+        project_id: &record.view.project_id,
+        user_id: &record.view.user_id,
+        node_id: &record.view.node_id,
+        from,
+        to,
+        reason,
+    };
+    let payload = serde_json::to_value(&payload).map_err(|error| AllocationError::Corrupt(error.to_string()))?;
+    gpuaas_outbox::enqueue(connection, &EventEnvelope::new(subject, 1, correlation_id, payload)).await?;
+    Ok(())
+}
+
+/// Marks the allocation's workflow due now (or clears it), resetting its attempt count
+/// and deadline when a new phase starts.
+pub(crate) async fn schedule(
+    connection: &mut Connection,
+    allocation_id: &str,
+    due_at: Option<Timestamp>,
+    new_phase: bool,
+) -> Result<(), AllocationError> {
+    let sql = if new_phase {
+        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL, workflow_attempts = 0, \
+         workflow_deadline = NULL, release_task_id = NULL WHERE id = $2"
+    } else {
+        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL WHERE id = $2"
+    };
+    sqlx::query(sql).bind(due_at.map(Timestamp::as_micros)).bind(allocation_id).execute(&mut *connection).await?;
+    Ok(())
+}
+
+fn validate_text(field: &str, value: &str, max: usize) -> Result<(), AllocationError> {
+    let length = value.chars().count();
+    if length == 0 || length > max {
+        return Err(AllocationError::invalid(field, format!("must be 1 to {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AllocationError::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// The POSIX user an allocation runs as on its node: unique, valid on every distro
+/// (`[a-z_][a-z0-9_-]{0,31}`), and recognisable as ours.
+fn username_for(allocation_id: &str) -> String {
+    let hex: String = allocation_id.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_lowercase()).collect();
+    let tail = hex.get(hex.len().saturating_sub(29)..).unwrap_or(&hex);
+    format!("ga_{tail}")
+}
+
+impl Allocations {
+    /// Validates, checks money and caps, places the allocation on GPU slots and records
+    /// it as `requested` with its `gpuaas.provisioning.requested` event, atomically.
+    pub async fn create(&self, actor: &Actor, new: &NewAllocation<'_>) -> Result<Allocation, AllocationError> {
+        if !(1..=MAX_GPU_COUNT).contains(&new.gpu_count) {
+            return Err(AllocationError::invalid("gpu_count", format!("must be 1 to {MAX_GPU_COUNT}")));
+        }
+        if new.ssh_key_ids.is_empty() || new.ssh_key_ids.len() > MAX_SSH_KEYS {
+            return Err(AllocationError::invalid("ssh_key_ids", format!("give 1 to {MAX_SSH_KEYS} SSH key ids")));
+        }
+        let mut distinct = new.ssh_key_ids.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() != new.ssh_key_ids.len() {
+            return Err(AllocationError::invalid("ssh_key_ids", "lists a key twice"));
+        }
+        if let Some(name) = new.name {
+            validate_text("name", name, MAX_NAME_LEN)?;
+        }
+        validate_text("sku", new.sku, 256)?;
+        let policy = self.policy();
+        let caps = [
+            ("user", "user_id", new.user_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER).await?),
+            ("project", "project_id", new.project_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT).await?),
+            ("tenant", "tenant_id", new.tenant_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT).await?),
+        ];
+        let strategy = match policy.get(keys::ALLOCATIONS_PLACEMENT_STRATEGY).await?.as_str() {
+            "spread" => PlacementStrategy::Spread,
+            _ => PlacementStrategy::BestFit,
+        };
+
+        let store = self.store();
+        let dialect = store.dialect();
+        let mut tx = store.begin().await?;
+        let sku = gpuaas_inventory::skus::resolve(&mut tx, new.sku).await?;
+        if !sku.active {
+            return Err(AllocationError::SkuUnavailable(sku.name));
+        }
+        if new.gpu_count > sku.gpus_per_node {
+            return Err(AllocationError::invalid(
+                "gpu_count",
+                format!("SKU {} has {} GPUs per node", sku.name, sku.gpus_per_node),
+            ));
+        }
+        let keys = crate::ssh_keys::keys_of_user(&mut tx, new.user_id, new.ssh_key_ids).await?;
+        // Creates of one tenant queue behind each other on PostgreSQL, so two racing
+        // requests cannot both pass a cap with one slot left (SQLite's write lock
+        // already serializes them).
+        if dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(new.tenant_id).execute(&mut *tx).await?;
+        }
+        let balance = gpuaas_billing::balance_in(&mut tx, new.tenant_id).await?;
+        if balance.amount_minor <= 0 {
+            return Err(AllocationError::InsufficientBalance {
+                balance_minor: balance.amount_minor,
+                currency: balance.currency.unwrap_or_else(|| sku.currency.clone()),
+            });
+        }
+        let live = live_list();
+        for (scope, column, value, cap) in caps {
+            let sql = format!("SELECT COUNT(*) FROM allocations WHERE {column} = $1 AND status IN ({live})");
+            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(value).fetch_one(&mut *tx).await?;
+            if count >= cap {
+                return Err(AllocationError::LimitReached(format!(
+                    "this {scope} already holds {count} live allocations (the limit is {cap}); release one first"
+                )));
+            }
+        }
+        let id = new_id().to_string();
+        let reservation = slots::reserve(&mut tx, dialect, &sku.id, new.gpu_count, &id, strategy)
+            .await?
+            .ok_or_else(|| AllocationError::SkuUnavailable(sku.name.clone()))?;
+        let hostname = gpuaas_inventory::nodes::hostname_in(&mut tx, &reservation.node_id).await?;
+        let share = |total: i64| total.saturating_mul(new.gpu_count) / sku.gpus_per_node.max(1);
+        let now = Timestamp::now();
+        let authorized: Vec<&str> = keys.iter().map(|key| key.public_key.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
+             gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
+             price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $19)",
+        )
+        .bind(&id)
+        .bind(new.tenant_id)
+        .bind(new.project_id)
+        .bind(new.user_id)
+        .bind(new.name)
+        .bind(&sku.id)
+        .bind(new.gpu_count)
+        .bind(&reservation.node_id)
+        .bind(to_json(&reservation.gpu_indices)?)
+        .bind(&hostname)
+        .bind(username_for(&id))
+        .bind(to_json(&authorized)?)
+        .bind(to_json(&new.ssh_key_ids)?)
+        .bind(share(sku.vcpus_per_node).saturating_mul(1000).max(1000))
+        .bind(share(sku.memory_bytes_per_node))
+        .bind(sku.price_per_gpu_hour_minor)
+        .bind(&sku.currency)
+        .bind(&actor.correlation_id)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        let record = lock(&mut tx, dialect, &id).await?;
+        sqlx::query(
+            "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
+             VALUES ($1, $2, NULL, 'requested', $3, NULL, $4, $5)",
+        )
+        .bind(new_id().to_string())
+        .bind(&id)
+        .bind(&actor.id)
+        .bind(&actor.correlation_id)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        queue_event(
+            &mut tx,
+            &record,
+            events::PROVISIONING_REQUESTED,
+            None,
+            AllocationStatus::Requested,
+            None,
+            &actor.correlation_id,
+        )
+        .await?;
+        let entry = actor.entry(
+            "allocation.create",
+            self.resource_id(&id),
+            serde_json::json!({
+                "sku_id": sku.id, "gpu_count": new.gpu_count, "node_id": reservation.node_id,
+                "gpu_indices": reservation.gpu_indices, "project_id": new.project_id,
+            }),
+        );
+        gpuaas_audit::record(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.wake_runner();
+        Ok(record.view)
+    }
+
+    /// One allocation with its transitions and cost so far. `tenant_id` scopes the
+    /// lookup for users: another tenant's allocation is answered like a missing one.
+    pub async fn get(&self, allocation_id: &str, tenant_id: Option<&str>) -> Result<Allocation, AllocationError> {
+        let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_optional(self.store().pool()).await?;
+        let record = row.as_ref().map(record_from_row).transpose()?.ok_or(AllocationError::NotFound("allocation"))?;
+        if tenant_id.is_some_and(|tenant| tenant != record.view.tenant_id) {
+            return Err(AllocationError::NotFound("allocation"));
+        }
+        let mut view = record.view;
+        view.transitions = Some(self.transitions(allocation_id).await?);
+        let usage = gpuaas_billing::usage_for_allocation(self.store(), allocation_id).await?;
+        view.accrued_cost_minor = accrued(usage.as_ref(), Timestamp::now());
+        Ok(view)
+    }
+
+    async fn transitions(&self, allocation_id: &str) -> Result<Vec<Transition>, AllocationError> {
+        let rows = sqlx::query(
+            "SELECT from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \
+             WHERE allocation_id = $1 ORDER BY at, id",
+        )
+        .bind(allocation_id)
+        .fetch_all(self.store().pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let parse = |text: String| {
+                    AllocationStatus::parse(&text).ok_or_else(|| AllocationError::Corrupt(format!("status {text}")))
+                };
+                Ok(Transition {
+                    from: row.try_get::<Option<String>, _>("from_status")?.map(parse).transpose()?,
+                    to: parse(row.try_get("to_status")?)?,
+                    actor: row.try_get("actor")?,
+                    reason: row.try_get("reason")?,
+                    correlation_id: row.try_get("correlation_id")?,
+                    at: Timestamp::from_micros(row.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Allocations newest first, filtered by status and (for users) tenant.
+    pub async fn list(
+        &self,
+        filter: &AllocationFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<AllocationPage, AllocationError> {
+        if !(1..=gpuaas_kernel::cursor::MAX_PAGE_LIMIT).contains(&limit) {
+            return Err(gpuaas_kernel::PageError::InvalidLimit.into());
+        }
+        let after = cursor.map(Cursor::decode).transpose()?;
+        let mut clauses = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut position = 0;
+        let mut param = |texts: &mut Vec<String>, value: String| {
+            texts.push(value);
+            position += 1;
+            format!("${position}")
+        };
+        if let Some(tenant) = &filter.tenant_id {
+            let p = param(&mut texts, tenant.clone());
+            clauses.push(format!("tenant_id = {p}"));
+        }
+        if let Some(status) = filter.status {
+            let p = param(&mut texts, status.as_str().to_owned());
+            clauses.push(format!("status = {p}"));
+        }
+        let mut cursor_binds = None;
+        if let Some(after) = &after {
+            let key = position + 1;
+            let id = position + 2;
+            clauses.push(format!("(created_at < ${key} OR (created_at = ${key} AND id < ${id}))"));
+            cursor_binds = Some((after.sort_key, after.id.clone()));
+        }
+        let where_clause = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM allocations{where_clause} ORDER BY created_at DESC, id DESC LIMIT {}",
+            i64::from(limit) + 1
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in texts {
+            query = query.bind(text);
+        }
+        if let Some((key, id)) = cursor_binds {
+            query = query.bind(key).bind(id);
+        }
+        let rows = query.fetch_all(self.store().pool()).await?;
+        let mut items =
+            rows.iter().map(|row| record_from_row(row).map(|record| record.view)).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|last| Cursor::new(last.created_at.as_micros(), last.id.clone()).encode())
+        } else {
+            None
+        };
+        let now = Timestamp::now();
+        for item in &mut items {
+            item.accrued_cost_minor = estimated(item, now);
+        }
+        Ok(AllocationPage { items, next_cursor })
+    }
+
+    /// The owner's release: `active → releasing`, or a retry from `release_failed`.
+    /// Already releasing (or any other status) is a 409.
+    pub async fn release(
+        &self,
+        actor: &Actor,
+        allocation_id: &str,
+        tenant_id: &str,
+    ) -> Result<Allocation, AllocationError> {
+        let mut tx = self.store().begin().await?;
+        let mut record = lock(&mut tx, self.store().dialect(), allocation_id).await?;
+        if record.view.tenant_id != tenant_id {
+            return Err(AllocationError::NotFound("allocation"));
+        }
+        let change = Change {
+            to: AllocationStatus::Releasing,
+            actor,
+            reason: Some("released by its owner"),
+            subject: Some(events::RELEASING_REQUESTED),
+        };
+        transition_in(&mut tx, &mut record, &change).await?;
+        schedule(&mut tx, allocation_id, Some(Timestamp::now()), true).await?;
+        let entry = actor.entry("allocation.release", self.resource_id(allocation_id), serde_json::json!({}));
+        gpuaas_audit::record(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.wake_runner();
+        self.get(allocation_id, None).await
+    }
+
+    /// An operator's (or the platform's) release, with a reason: from `requested` or
+    /// `provisioning` the allocation fails (GPUs freed, the node told to remove the
+    /// user); from `active` or `release_failed` it is released again; a release in
+    /// progress starts over. Metering stops now: the tenant does not pay for a
+    /// teardown it did not ask for.
+    pub async fn force_release(
+        &self,
+        actor: &Actor,
+        allocation_id: &str,
+        reason: &str,
+    ) -> Result<Allocation, AllocationError> {
+        validate_text("reason", reason, MAX_REASON_LEN)?;
+        let mut tx = self.store().begin().await?;
+        let woken = self.force_release_in(&mut tx, actor, allocation_id, reason).await?;
+        let entry = actor.entry(
+            "allocation.force_release",
+            self.resource_id(allocation_id),
+            serde_json::json!({"reason": reason}),
+        );
+        gpuaas_audit::record(&mut tx, &entry).await?;
+        tx.commit().await?;
+        if let Some(node) = woken {
+            self.nodes().wake_node(&node);
+        }
+        self.wake_runner();
+        self.get(allocation_id, None).await
+    }
+
+    /// [`Self::force_release`] in the caller's transaction; returns the node to wake
+    /// when a cleanup task was queued.
+    pub(crate) async fn force_release_in(
+        &self,
+        connection: &mut Connection,
+        actor: &Actor,
+        allocation_id: &str,
+        reason: &str,
+    ) -> Result<Option<String>, AllocationError> {
+        let dialect = self.store().dialect();
+        let mut record = lock(connection, dialect, allocation_id).await?;
+        let now = Timestamp::now();
+        match record.view.status {
+            AllocationStatus::Requested | AllocationStatus::Provisioning => {
+                let change = Change {
+                    to: AllocationStatus::Failed,
+                    actor,
+                    reason: Some(reason),
+                    subject: Some(events::PROVISIONING_FAILED),
+                };
+                transition_in(connection, &mut record, &change).await?;
+                slots::release(connection, allocation_id).await?;
+                schedule(connection, allocation_id, None, false).await?;
+                let woken = if record.provision_task_id.is_some() {
+                    crate::workflow::queue_cleanup(self, connection, &record, actor).await?
+                } else {
+                    None
+                };
+                Ok(woken)
+            }
+            AllocationStatus::Active | AllocationStatus::ReleaseFailed => {
+                let change = Change {
+                    to: AllocationStatus::Releasing,
+                    actor,
+                    reason: Some(reason),
+                    subject: Some(events::FORCE_RELEASE_REQUESTED),
+                };
+                transition_in(connection, &mut record, &change).await?;
+                self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
+                schedule(connection, allocation_id, Some(now), true).await?;
+                Ok(None)
+            }
+            AllocationStatus::Releasing => {
+                self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
+                schedule(connection, allocation_id, Some(now), true).await?;
+                Ok(None)
+            }
+            status @ (AllocationStatus::Released | AllocationStatus::Failed) => {
+                Err(AllocationError::InvalidTransition { from: status, to: AllocationStatus::Releasing })
+            }
+        }
+    }
+
+    /// Force-releases every live allocation of a tenant whose balance ran out;
+    /// returns how many. Duplicate depletion events find nothing left to release.
+    pub async fn release_depleted_tenant(
+        &self,
+        tenant_id: &str,
+        correlation_id: &str,
+    ) -> Result<usize, AllocationError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM allocations WHERE tenant_id = $1 AND status IN ('requested', 'provisioning', 'active')",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.store().pool())
+        .await?;
+        let actor = Actor { correlation_id: correlation_id.to_owned(), ..Actor::system() };
+        let mut released = 0;
+        for id in ids {
+            match self.force_release(&actor, &id, "the tenant's balance is depleted").await {
+                Ok(_) => released += 1,
+                // Released meanwhile by someone else: nothing left to do for it.
+                Err(AllocationError::InvalidTransition { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(released)
+    }
+
+    /// Closes the allocation's usage record at `at`, billing its final partial window.
+    pub(crate) async fn stop_metering(
+        &self,
+        connection: &mut Connection,
+        allocation_id: &str,
+        at: Timestamp,
+        correlation_id: &str,
+    ) -> Result<(), AllocationError> {
+        let window: i64 = self.policy().get(keys::BILLING_WINDOW_SECONDS).await?;
+        let checkpoint_every: i64 = self.policy().get(keys::BILLING_CHECKPOINT_EVERY).await?;
+        gpuaas_billing::accrual::close_usage(
+            connection,
+            self.store().dialect(),
+            allocation_id,
+            at,
+            window,
+            checkpoint_every,
+            if correlation_id.is_empty() { "metering" } else { correlation_id },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The statuses that hold slots and count against caps, as an SQL list.
+fn live_list() -> String {
+    AllocationStatus::LIVE.iter().map(|status| format!("'{}'", status.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+/// Cost so far from the usage record: what was debited, or while it runs, the cost of
+/// every second since it opened (the same rounding the debits use).
+fn accrued(usage: Option<&UsageRecord>, now: Timestamp) -> i64 {
+    match usage {
+        None => 0,
+        Some(record) if record.ended_at.is_some() => record.billed_minor,
+        Some(record) => {
+            let seconds = (now.as_micros() - record.started_at.as_micros()) / 1_000_000;
+            gpuaas_billing::accrual::cost_through(record.price_per_gpu_hour_minor, record.gpu_count, seconds)
+        }
+    }
+}
+
+/// A list's cost column without a usage lookup per row: the seconds since activation
+/// (until release) at the allocation's price.
+fn estimated(allocation: &Allocation, now: Timestamp) -> i64 {
+    let Some(active_at) = allocation.active_at else { return 0 };
+    let end = allocation.released_at.or(allocation.release_failed_at).or(allocation.releasing_at).unwrap_or(now);
+    let seconds = (end.as_micros() - active_at.as_micros()) / 1_000_000;
+    gpuaas_billing::accrual::cost_through(allocation.price_per_gpu_hour_minor, allocation.gpu_count, seconds)
+}
+
+/// A value as JSON text for a TEXT column.
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, AllocationError> {
+    serde_json::to_string(value).map_err(|error| AllocationError::Corrupt(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_valid_posix_names_and_differ_per_allocation() {
+        let a = username_for(&new_id().to_string());
+        let b = username_for(&new_id().to_string());
+        assert_ne!(a, b);
+        for name in [&a, &b] {
+            assert!(gpuaas_nodeagent_protocol::tasks::is_valid_username(name), "{name}");
+            assert!(name.len() <= 32);
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! The durable provisioning workflow: a step runner over the `allocations` table.
+//!
+//! An allocation with `workflow_due_at` set has work to do. A runner claims due rows
+//! with a short lease, then takes one step per allocation in one transaction: queue
+//! the next node task (its id recorded in the same commit), or look at the task in
+//! flight and move the allocation on. Everything the next step needs is in the row,
+//! so a process killed at any point leaves either the old state or the new one, and
+//! the next runner (after the lease) takes the same step again: no task is queued
+//! twice, no GPU is freed twice, nothing is billed twice.
+//!
+//! Events (`gpuaas.provisioning.requested`, `…releasing.requested`,
+//! `…force_release_requested`) only make an allocation due sooner; the row decides
+//! what happens, so a duplicate or late event is harmless.
+
+use std::time::Duration;
+
+use gpuaas_inventory::slots;
+use gpuaas_inventory::tasks::{self as node_tasks, TaskStatus};
+use gpuaas_kernel::Timestamp;
+use gpuaas_nodeagent_protocol::{ProvisionUserParams, RevokeUserParams, Task};
+use gpuaas_policy::keys;
+use gpuaas_store::Connection;
+use gpuaas_store::sqlx;
+
+use crate::events;
+use crate::service::{Change, Record, lock, schedule, transition_in};
+use crate::{Actor, AllocationError, AllocationStatus, Allocations};
+
+/// How long a runner holds a claimed allocation before another may take it.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// Longest backoff between task attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub claimed: usize,
+    pub failed_steps: usize,
+}
+
+/// Timing the workflow reads from policy once per pass.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    provision_timeout: Duration,
+    release_timeout: Duration,
+    max_attempts: i64,
+    retry_base: Duration,
+    poll: Duration,
+}
+
+impl Allocations {
+    async fn timing(&self) -> Result<Timing, AllocationError> {
+        let policy = self.policy();
+        Ok(Timing {
+            provision_timeout: policy.get_duration_secs(keys::ALLOCATIONS_PROVISION_TIMEOUT_SECONDS).await?,
+            release_timeout: policy.get_duration_secs(keys::ALLOCATIONS_RELEASE_TIMEOUT_SECONDS).await?,
+            max_attempts: policy.get(keys::ALLOCATIONS_WORKFLOW_MAX_ATTEMPTS).await?,
+            retry_base: policy.get_duration_ms(keys::ALLOCATIONS_WORKFLOW_RETRY_BASE_MS).await?,
+            poll: policy.get_duration_ms(keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS).await?,
+        })
+    }
+
+    /// Claims up to `limit` due allocations and takes one step for each, `parallel`
+    /// at a time. A step that fails is retried by a later pass once its lease ends.
+    pub async fn run_due(&self, limit: usize, parallel: usize) -> Result<RunReport, AllocationError> {
+        let timing = self.timing().await?;
+        let now = Timestamp::now();
+        let store = self.store();
+        let sql = format!(
+            "UPDATE allocations SET workflow_lease_until = $1 WHERE id IN (SELECT id FROM allocations \
+             WHERE workflow_due_at <= $2 AND (workflow_lease_until IS NULL OR workflow_lease_until < $2) \
+             ORDER BY workflow_due_at LIMIT $3{}) RETURNING id",
+            store.dialect().skip_locked()
+        );
+        let mut tx = store.begin().await?;
+        let claimed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(now.saturating_add(CLAIM_LEASE).as_micros())
+            .bind(now.as_micros())
+            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut report = RunReport { claimed: claimed.len(), failed_steps: 0 };
+        let mut steps = tokio::task::JoinSet::new();
+        let mut queue = claimed.into_iter();
+        loop {
+            while steps.len() < parallel.max(1) {
+                let Some(id) = queue.next() else { break };
+                let this = self.clone();
+                steps.spawn(async move {
+                    let outcome = this.step(&id, &timing).await;
+                    (id, outcome)
+                });
+            }
+            let Some(joined) = steps.join_next().await else { break };
+            match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(error))) => {
+                    report.failed_steps += 1;
+                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried after its lease");
+                }
+                Err(join_error) => {
+                    report.failed_steps += 1;
+                    tracing::error!(%join_error, "workflow step panicked");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Waits until woken (a create or release in this process) or `idle` passes.
+    pub async fn wait_for_work(&self, idle: Duration) {
+        let _ = tokio::time::timeout(idle, self.wake_signal().notified()).await;
+    }
+
+    /// The poll interval runners use between passes when idle.
+    pub async fn poll_interval(&self) -> Duration {
+        self.policy()
+            .get_duration_ms(keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS)
+            .await
+            .unwrap_or(Duration::from_millis(250))
+    }
+
+    /// One step for one allocation, in one transaction.
+    async fn step(&self, allocation_id: &str, timing: &Timing) -> Result<(), AllocationError> {
+        // The task's state is read before the transaction: it only moves forward, and
+        // a result that lands just after is seen by the next poll.
+        let store = self.store();
+        let mut tx = store.begin().await?;
+        let mut record = lock(&mut tx, store.dialect(), allocation_id).await?;
+        let actor = Actor { correlation_id: record.view.correlation_id.clone(), ..Actor::system() };
+        let now = Timestamp::now();
+        let mut wake_node = None;
+        match record.view.status {
+            AllocationStatus::Requested => {
+                self.start_provisioning(&mut tx, &mut record, &actor, timing, now).await?;
+                wake_node = Some(record.view.node_id.clone());
+            }
+            AllocationStatus::Provisioning => {
+                wake_node = self.check_provisioning(&mut tx, &mut record, &actor, timing, now).await?;
+            }
+            AllocationStatus::Releasing => {
+                wake_node = self.check_releasing(&mut tx, &mut record, &actor, timing, now).await?;
+            }
+            // Nothing to drive: waiting for a person, or finished.
+            AllocationStatus::Active
+            | AllocationStatus::ReleaseFailed
+            | AllocationStatus::Released
+            | AllocationStatus::Failed => schedule(&mut tx, allocation_id, None, false).await?,
+        }
+        tx.commit().await?;
+        if let Some(node) = wake_node {
+            self.nodes().wake_node(&node);
+        }
+        Ok(())
+    }
+
+    async fn start_provisioning(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        actor: &Actor,
+        timing: &Timing,
+        now: Timestamp,
+    ) -> Result<(), AllocationError> {
+        let change = Change { to: AllocationStatus::Provisioning, actor, reason: None, subject: None };
+        transition_in(tx, record, &change).await?;
+        match self.queue_provision_task(tx, record, actor).await {
+            Ok(task_id) => {
+                set_task(
+                    tx,
+                    &record.view.id,
+                    "provision_task_id",
+                    &task_id,
+                    1,
+                    Some(now.saturating_add(timing.provision_timeout)),
+                    now.saturating_add(timing.poll),
+                )
+                .await
+            }
+            // The node went away between placement and now: nothing was provisioned.
+            Err(AllocationError::Inventory(error)) => {
+                self.fail_provisioning(tx, record, actor, &format!("the node cannot take tasks: {error}"), false).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn queue_provision_task(
+        &self,
+        tx: &mut Connection,
+        record: &Record,
+        actor: &Actor,
+    ) -> Result<String, AllocationError> {
+        let task = Task::ProvisionUser(ProvisionUserParams {
+            allocation_id: record.view.id.clone(),
+            username: record.ssh_username.clone(),
+            authorized_keys: record.authorized_keys.clone(),
+            gpu_indices: record.view.gpu_indices.iter().filter_map(|index| u32::try_from(*index).ok()).collect(),
+            cpu_millicores: u32::try_from(record.cpu_millicores).unwrap_or(u32::MAX),
+            memory_bytes: u64::try_from(record.memory_bytes).unwrap_or(0),
+        });
+        Ok(self.nodes().enqueue_task_in(tx, actor, &record.view.node_id, &task).await?)
+    }
+
+    async fn check_provisioning(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        actor: &Actor,
+        timing: &Timing,
+        now: Timestamp,
+    ) -> Result<Option<String>, AllocationError> {
+        let deadline = record.workflow_deadline.unwrap_or(now);
+        let task = match &record.provision_task_id {
+            Some(id) => Some(node_tasks::get(self.store(), id).await?),
+            None => None,
+        };
+        match task.as_ref().map(|task| task.status) {
+            Some(TaskStatus::Succeeded) => {
+                let change = Change {
+                    to: AllocationStatus::Active,
+                    actor,
+                    reason: None,
+                    subject: Some(events::PROVISIONING_ACTIVE),
+                };
+                transition_in(tx, record, &change).await?;
+                self.start_metering(tx, record, now).await?;
+                schedule(tx, &record.view.id, None, false).await?;
+                Ok(None)
+            }
+            Some(TaskStatus::Failed | TaskStatus::Expired) | None => {
+                let error = task.and_then(|task| task.error).unwrap_or_else(|| "no task result".into());
+                if record.workflow_attempts < timing.max_attempts && now < deadline {
+                    let task_id = self.queue_provision_task(tx, record, actor).await?;
+                    let attempts = record.workflow_attempts + 1;
+                    set_task(
+                        tx,
+                        &record.view.id,
+                        "provision_task_id",
+                        &task_id,
+                        attempts,
+                        record.workflow_deadline,
+                        now.saturating_add(backoff(timing, attempts)),
+                    )
+                    .await?;
+                    tracing::info!(allocation_id = %record.view.id, attempts, %error, "provisioning task failed; retrying");
+                    return Ok(None);
+                }
+                let reason = format!("provisioning failed after {} attempts: {error}", record.workflow_attempts);
+                self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                Ok(Some(record.view.node_id.clone()))
+            }
+            Some(TaskStatus::Queued | TaskStatus::Leased) => {
+                if now >= deadline {
+                    let reason = format!("provisioning timed out after {} s", timing.provision_timeout.as_secs());
+                    self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                    return Ok(Some(record.view.node_id.clone()));
+                }
+                schedule(tx, &record.view.id, Some(now.saturating_add(timing.poll)), false).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `provisioning → failed`: frees the GPUs (nothing was billed) and, when a task
+    /// may have reached the node, queues a best-effort removal of the user.
+    async fn fail_provisioning(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        actor: &Actor,
+        reason: &str,
+        cleanup: bool,
+    ) -> Result<(), AllocationError> {
+        let change = Change {
+            to: AllocationStatus::Failed,
+            actor,
+            reason: Some(reason),
+            subject: Some(events::PROVISIONING_FAILED),
+        };
+        transition_in(tx, record, &change).await?;
+        slots::release(tx, &record.view.id).await?;
+        schedule(tx, &record.view.id, None, false).await?;
+        if cleanup {
+            queue_cleanup(self, tx, record, actor).await?;
+        }
+        tracing::warn!(allocation_id = %record.view.id, reason, "allocation failed");
+        Ok(())
+    }
+
+    async fn start_metering(
+        &self,
+        tx: &mut Connection,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<(), AllocationError> {
+        gpuaas_billing::insert_usage_record(
+            tx,
+            &gpuaas_billing::NewUsageRecord {
+                tenant_id: &record.view.tenant_id,
+                project_id: &record.view.project_id,
+                allocation_id: &record.view.id,
+                sku_id: &record.view.sku_id,
+                gpu_count: record.view.gpu_count,
+                price_per_gpu_hour_minor: record.view.price_per_gpu_hour_minor,
+                currency: &record.view.currency,
+                started_at: now,
+                ended_at: None,
+                billed_seconds: 0,
+                billed_minor: 0,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn check_releasing(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        actor: &Actor,
+        timing: &Timing,
+        now: Timestamp,
+    ) -> Result<Option<String>, AllocationError> {
+        let Some(task_id) = record.release_task_id.clone() else {
+            // A new release phase: queue the revoke and start its clock.
+            let task_id = self.queue_revoke_task(tx, record, actor).await?;
+            set_task(
+                tx,
+                &record.view.id,
+                "release_task_id",
+                &task_id,
+                1,
+                Some(now.saturating_add(timing.release_timeout)),
+                now.saturating_add(timing.poll),
+            )
+            .await?;
+            return Ok(Some(record.view.node_id.clone()));
+        };
+        let deadline = record.workflow_deadline.unwrap_or(now);
+        let task = node_tasks::get(self.store(), &task_id).await?;
+        match task.status {
+            TaskStatus::Succeeded => {
+                self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
+                let change = Change {
+                    to: AllocationStatus::Released,
+                    actor,
+                    reason: None,
+                    subject: Some(events::RELEASING_COMPLETED),
+                };
+                transition_in(tx, record, &change).await?;
+                slots::release(tx, &record.view.id).await?;
+                schedule(tx, &record.view.id, None, false).await?;
+                Ok(None)
+            }
+            TaskStatus::Failed | TaskStatus::Expired => {
+                let error = task.error.unwrap_or_else(|| "no reason given".into());
+                if record.workflow_attempts < timing.max_attempts && now < deadline {
+                    let task_id = self.queue_revoke_task(tx, record, actor).await?;
+                    let attempts = record.workflow_attempts + 1;
+                    set_task(
+                        tx,
+                        &record.view.id,
+                        "release_task_id",
+                        &task_id,
+                        attempts,
+                        record.workflow_deadline,
+                        now.saturating_add(backoff(timing, attempts)),
+                    )
+                    .await?;
+                    tracing::info!(allocation_id = %record.view.id, attempts, %error, "release task failed; retrying");
+                    return Ok(Some(record.view.node_id.clone()));
+                }
+                let reason = format!("release failed after {} attempts: {error}", record.workflow_attempts);
+                self.fail_release(tx, record, actor, &reason, now).await?;
+                Ok(None)
+            }
+            TaskStatus::Queued | TaskStatus::Leased => {
+                if now >= deadline {
+                    let reason = format!("release timed out after {} s", timing.release_timeout.as_secs());
+                    self.fail_release(tx, record, actor, &reason, now).await?;
+                    return Ok(None);
+                }
+                schedule(tx, &record.view.id, Some(now.saturating_add(timing.poll)), false).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `releasing → release_failed`: metering stops (the tenant is not billed for our
+    /// failure) but the GPUs stay reserved until an operator resolves it, since the
+    /// user may still be on the node.
+    async fn fail_release(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        actor: &Actor,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), AllocationError> {
+        self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
+        let change = Change {
+            to: AllocationStatus::ReleaseFailed,
+            actor,
+            reason: Some(reason),
+            subject: Some(events::RELEASE_FAILED),
+        };
+        transition_in(tx, record, &change).await?;
+        schedule(tx, &record.view.id, None, false).await?;
+        tracing::warn!(allocation_id = %record.view.id, reason, "allocation release failed");
+        Ok(())
+    }
+
+    async fn queue_revoke_task(
+        &self,
+        tx: &mut Connection,
+        record: &Record,
+        actor: &Actor,
+    ) -> Result<String, AllocationError> {
+        let task = Task::RevokeUser(RevokeUserParams {
+            allocation_id: record.view.id.clone(),
+            username: record.ssh_username.clone(),
+            // The allocation is over: its home directory goes with the user.
+            remove_home: true,
+        });
+        Ok(self.nodes().enqueue_task_in(tx, actor, &record.view.node_id, &task).await?)
+    }
+
+    /// Makes an allocation due now, e.g. on a lifecycle event; harmless when it has
+    /// nothing to do (the step clears it).
+    pub async fn kick(&self, allocation_id: &str) -> Result<(), AllocationError> {
+        sqlx::query(
+            "UPDATE allocations SET workflow_due_at = COALESCE(workflow_due_at, $1) \
+             WHERE id = $2 AND status IN ('requested', 'provisioning', 'releasing')",
+        )
+        .bind(Timestamp::now().as_micros())
+        .bind(allocation_id)
+        .execute(self.store().pool())
+        .await?;
+        self.wake_runner();
+        Ok(())
+    }
+}
+
+/// Queues a best-effort `allocation.revoke_user` after a failed or cancelled
+/// provisioning, so a user the node did create does not linger. Its outcome is not
+/// awaited: reconciliation reports a user that survives it. Returns the node to wake.
+pub(crate) async fn queue_cleanup(
+    allocations: &Allocations,
+    tx: &mut Connection,
+    record: &Record,
+    actor: &Actor,
+) -> Result<Option<String>, AllocationError> {
+    match allocations.queue_revoke_task(tx, record, actor).await {
+        Ok(_) => Ok(Some(record.view.node_id.clone())),
+        Err(AllocationError::Inventory(error)) => {
+            tracing::warn!(allocation_id = %record.view.id, %error, "cleanup task not queued");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn backoff(timing: &Timing, attempts: i64) -> Duration {
+    let factor = 1u32 << u32::try_from(attempts.clamp(1, 16) - 1).unwrap_or(0);
+    timing.retry_base.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn set_task(
+    tx: &mut Connection,
+    allocation_id: &str,
+    column: &'static str,
+    task_id: &str,
+    attempts: i64,
+    deadline: Option<Timestamp>,
+    due_at: Timestamp,
+) -> Result<(), AllocationError> {
+    let sql = format!(
+        "UPDATE allocations SET {column} = $1, workflow_attempts = $2, workflow_deadline = $3, \
+         workflow_due_at = $4, workflow_lease_until = NULL WHERE id = $5"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(task_id)
+        .bind(attempts)
+        .bind(deadline.map(Timestamp::as_micros))
+        .bind(due_at.as_micros())
+        .bind(allocation_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Durable consumer names and filters of the allocation workers.
+pub const PROVISIONING_CONSUMER: (&str, &str) = ("allocations_provisioning_worker", "gpuaas.provisioning.>");
+pub const DEPLETION_CONSUMER: (&str, &str) =
+    ("allocations_balance_depleted", gpuaas_billing::accrual::BALANCE_DEPLETED);
+
+impl Allocations {
+    /// Handles one delivered event. Every effect is idempotent (a kick, a release of
+    /// what is still live), so a redelivery changes nothing.
+    pub async fn handle_event(&self, event: &gpuaas_events::EventEnvelope) -> Result<(), AllocationError> {
+        let field = |name: &str| event.payload.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+        match event.subject.as_str() {
+            events::PROVISIONING_REQUESTED | events::RELEASING_REQUESTED | events::FORCE_RELEASE_REQUESTED => {
+                if let Some(id) = field("allocation_id") {
+                    self.kick(&id).await?;
+                }
+            }
+            gpuaas_billing::accrual::BALANCE_DEPLETED => {
+                if let Some(tenant) = field("tenant_id") {
+                    let released = self.release_depleted_tenant(&tenant, &event.correlation_id).await?;
+                    if released > 0 {
+                        tracing::warn!(tenant_id = %tenant, released, "balance depleted: allocations force-released");
+                    }
+                }
+            }
+            // Outcomes (active, failed, completed) need nothing from the workflow.
+            _ => {}
+        }
+        Ok(())
+    }
+}
