@@ -314,8 +314,8 @@ pub struct BalanceAlert {
 /// so a top-up resets it) with the threshold and records each crossing once: entering
 /// low (from ok) queues `platform.billing.low_balance_warning`; entering depleted queues
 /// `platform.billing.balance_depleted` (and the warning too when it came straight from
-/// ok). Staying low or depleted announces nothing; going back above the threshold
-/// re-arms both.
+/// ok) and closes the tenant's open usage at its last billed second. Staying low or
+/// depleted announces nothing; going back above the threshold re-arms both.
 pub async fn check_balances(
     store: &Store,
     tenants: &BTreeSet<String>,
@@ -371,6 +371,16 @@ pub async fn check_balances(
             .await?;
         }
         if to == BalanceState::Depleted {
+            // Metering stops here, at the last billed second: whatever runs until the
+            // force-release lands is not billed, so the balance ends at most one
+            // window's cost below zero.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE usage_records SET ended_at = started_at + billed_seconds * {MICROS_PER_SECOND} \
+                 WHERE tenant_id = $1 AND ended_at IS NULL"
+            )))
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
             gpuaas_outbox::enqueue(&mut tx, &EventEnvelope::new(BALANCE_DEPLETED, 1, correlation_id, payload)).await?;
         }
         tx.commit().await?;
