@@ -77,6 +77,9 @@ pub enum Command {
     /// Manage your SSH public keys (installed on the nodes of your allocations).
     #[command(subcommand, name = "ssh-key")]
     SshKey(crate::client::SshKeyCommand),
+    /// Create, list, show and release GPU allocations.
+    #[command(subcommand)]
+    Alloc(crate::client::AllocCommand),
     /// The ledger: `gpuaas ledger verify` recomputes every balance and checkpoint.
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -117,6 +120,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         checkpoint_every: i64,
     },
+    /// Create and release allocations from concurrent clients over a registered fleet
+    /// (service layer, in process), then time one accrual cycle.
+    Allocations {
+        /// A throwaway database (PostgreSQL or sqlite:); default a new SQLite file in a
+        /// temp dir. Never point it at a real installation.
+        #[arg(long, env = "GPUAAS_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        nodes: u32,
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: u32,
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Live allocations each client keeps before releasing its oldest.
+        #[arg(long, default_value_t = 4)]
+        per_client: usize,
+        #[arg(long, default_value_t = 10_000)]
+        accrual_records: u32,
+    },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -139,6 +163,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Admin(command) => crate::client::admin(command).await,
         Command::ServiceAccounts(command) => crate::client::service_accounts(command).await,
         Command::SshKey(command) => crate::client::ssh_keys(command).await,
+        Command::Alloc(command) => crate::client::allocations(command).await,
         Command::Bench(BenchCommand::Ledger {
             database_url,
             entries,
@@ -153,6 +178,25 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 crate::ledger::LedgerBench { entries, accounts, batch, writers, reads, checkpoint_every },
             )
             .await
+        }
+        Command::Bench(BenchCommand::Allocations {
+            database_url,
+            nodes,
+            gpus_per_node,
+            clients,
+            seconds,
+            per_client,
+            accrual_records,
+        }) => {
+            let settings = crate::alloc_bench::AllocationBench {
+                nodes,
+                gpus_per_node,
+                clients,
+                seconds,
+                per_client,
+                accrual_records,
+            };
+            bench_allocations(database_url, settings).await
         }
         command => return dispatch_platform(Cli { config: cli.config, command }).await,
     };
@@ -197,7 +241,8 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
         | Command::Whoami
         | Command::Admin(_)
         | Command::ServiceAccounts(_)
-        | Command::SshKey(_) => {
+        | Command::SshKey(_)
+        | Command::Alloc(_) => {
             return ExitCode::FAILURE;
         }
         Command::Bench(_) => return ExitCode::FAILURE,
@@ -277,6 +322,17 @@ async fn bench_ledger(database_url: Option<String>, settings: crate::ledger::Led
     let scratch = tempfile_dir()?;
     let url = database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", scratch.join("bench.db").display()));
     let outcome = crate::ledger::bench(&url, &settings).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
+}
+
+async fn bench_allocations(
+    database_url: Option<String>,
+    settings: crate::alloc_bench::AllocationBench,
+) -> anyhow::Result<()> {
+    let scratch = tempfile_dir()?;
+    let url = database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", scratch.join("bench.db").display()));
+    let outcome = crate::alloc_bench::bench(&url, &settings, &scratch.join("pki")).await;
     let _ = std::fs::remove_dir_all(&scratch);
     outcome
 }

@@ -4,6 +4,7 @@
 //! It wires; it does not decide. Business rules live in the domain crates and SQL in the
 //! crates that own the tables; handlers here only parse, call and map.
 
+pub mod alloc_bench;
 pub mod api;
 pub mod cli;
 pub mod client;

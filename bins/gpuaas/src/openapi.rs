@@ -71,6 +71,7 @@ use utoipa::OpenApi;
         crate::api::allocations::release_allocation,
         crate::api::allocations::admin_list_allocations,
         crate::api::allocations::force_release_allocation,
+        crate::api::reconciliation::list_findings,
     ),
     components(schemas(gpuaas_kernel::ErrorResponse, gpuaas_kernel::ErrorBody, gpuaas_kernel::ErrCode)),
     modifiers(&BearerAuth),

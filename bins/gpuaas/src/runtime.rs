@@ -199,6 +199,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         tasks.spawn(housekeeping_loop(store.clone(), stop.clone()));
         tasks.spawn(node_plane_loop(nodes.clone(), stop.clone()));
         tasks.spawn(workflow_loop(allocations.clone(), stop.clone()));
+        tasks.spawn(reconcile_loop(allocations.clone(), stop.clone()));
         tasks.spawn(accrual_loop(store.clone(), policy.clone(), stop.clone()));
         for (name, filter) in
             [gpuaas_allocations::workflow::PROVISIONING_CONSUMER, gpuaas_allocations::workflow::DEPLETION_CONSUMER]
@@ -421,7 +422,10 @@ async fn node_wake_loop(nodes: gpuaas_inventory::NodePlane, stop: CancellationTo
 
 /// Claims due allocations and takes their next workflow step; sleeps until woken (a
 /// create or release in this process) or the poll interval passes when idle.
-async fn workflow_loop(allocations: gpuaas_allocations::Allocations, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn workflow_loop(
+    allocations: gpuaas_allocations::Allocations,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     const BATCH: usize = 256;
     const PARALLEL: usize = 16;
     loop {
@@ -442,6 +446,27 @@ async fn workflow_loop(allocations: gpuaas_allocations::Allocations, stop: Cance
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = allocations.wait_for_work(idle) => {}
+        }
+    }
+}
+
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Compares nodes' reported users with what is billed and stops billing allocations
+/// their node no longer has. Failures are logged and retried on the next tick: one bad
+/// pass must not end reconciliation for good.
+async fn reconcile_loop(allocations: gpuaas_allocations::Allocations, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match allocations.reconcile().await {
+            Ok(report) if report.missing + report.orphans + report.resolved > 0 => {
+                tracing::info!(?report, "reconciliation pass changed findings");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "reconciliation pass failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(RECONCILE_INTERVAL) => {}
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod internal;
 pub mod nodes;
 pub mod payments;
 pub mod projects;
+pub mod reconciliation;
 pub mod security;
 pub mod ssh_keys;
 
@@ -192,7 +193,12 @@ pub fn route_table() -> RouteTable {
         .add(Method::GET, "/api/v1/allocations", Authenticated, allocations::list_allocations)
         .add(Method::POST, "/api/v1/allocations", Authenticated, allocations::create_allocation)
         .add(Method::GET, "/api/v1/allocations/{allocation_id}", Authenticated, allocations::get_allocation)
-        .add(Method::POST, "/api/v1/allocations/{allocation_id}/release", Authenticated, allocations::release_allocation)
+        .add(
+            Method::POST,
+            "/api/v1/allocations/{allocation_id}/release",
+            Authenticated,
+            allocations::release_allocation,
+        )
         .add(Method::GET, "/api/v1/admin/allocations", AdminRead, allocations::admin_list_allocations)
         .add(
             Method::POST,
@@ -200,6 +206,7 @@ pub fn route_table() -> RouteTable {
             AdminWrite,
             allocations::force_release_allocation,
         )
+        .add(Method::GET, "/api/v1/admin/reconciliation", AdminRead, reconciliation::list_findings)
 }
 
 /// Builds the whole router. `extra` lets tests mount routes under the same stack.

@@ -13,22 +13,23 @@ use serde_json::json;
 use crate::helpers::{ADMIN_EMAIL, PASSWORD, TestApp, envelope, json};
 use crate::nodes::{create_sku, enrolled, register};
 
-const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7kXQjbukv2J9T2+pusBj/hiE alloc-test";
+pub(crate) const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7kXQjbukv2J9T2+pusBj/hiE alloc-test";
 const ALLOCATIONS: &str = "/api/v1/allocations";
 
-fn text(value: &serde_json::Value) -> String {
+pub(crate) fn text(value: &serde_json::Value) -> String {
     value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()
 }
 
 /// Everything one test needs: an operator, a user with a project, an SSH key and
 /// credit, and an enrolled node of an 8-GPU SKU.
-struct World {
-    admin: String,
-    user: String,
-    project: String,
-    key: String,
-    node: String,
-    sku: String,
+pub(crate) struct World {
+    pub(crate) admin: String,
+    pub(crate) user: String,
+    pub(crate) project: String,
+    pub(crate) key: String,
+    pub(crate) node: String,
+    pub(crate) sku: String,
 }
 
 async fn admin_token(app: &TestApp) -> String {
@@ -36,7 +37,7 @@ async fn admin_token(app: &TestApp) -> String {
     text(&login["access_token"])
 }
 
-async fn world(app: &TestApp, credit_minor: i64) -> World {
+pub(crate) async fn world(app: &TestApp, credit_minor: i64) -> World {
     // Steps run when the test says, not after a poll interval.
     set_policy(app, keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS, 0).await;
     let admin = admin_token(app).await;
@@ -64,19 +65,19 @@ async fn create(app: &TestApp, world: &World, gpus: i64) -> serde_json::Value {
     json(app.post(ALLOCATIONS, &world.user, create_body(world, gpus)).await, 201).await
 }
 
-async fn show(app: &TestApp, token: &str, id: &str) -> serde_json::Value {
+pub(crate) async fn show(app: &TestApp, token: &str, id: &str) -> serde_json::Value {
     json(app.get(&format!("{ALLOCATIONS}/{id}"), token).await, 200).await
 }
 
 /// One workflow pass, as the workers role runs it.
-async fn step(app: &TestApp) {
+pub(crate) async fn step(app: &TestApp) {
     let report = app.allocations.run_due(256, 8).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.failed_steps, 0, "{report:?}");
 }
 
 /// Answers every queued task of the node the way a host would: `outcome` for the
 /// given task type, success for the others. Returns the task types answered.
-async fn answer(app: &TestApp, node: &str, failing: Option<TaskType>) -> Vec<String> {
+pub(crate) async fn answer(app: &TestApp, node: &str, failing: Option<TaskType>) -> Vec<String> {
     let deliveries = app.nodes.pull_tasks(node, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
     let mut answered = Vec::new();
     for delivery in deliveries {

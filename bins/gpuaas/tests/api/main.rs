@@ -9,5 +9,6 @@ mod idempotency;
 mod money;
 mod nodes;
 mod ratelimit;
+mod reconciliation;
 mod ssh_keys;
 mod system;

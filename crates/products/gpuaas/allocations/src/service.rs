@@ -499,6 +499,16 @@ impl Allocations {
         Ok(view)
     }
 
+    /// Just the status: one indexed read, for callers that poll.
+    pub async fn status_of(&self, allocation_id: &str) -> Result<AllocationStatus, AllocationError> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM allocations WHERE id = $1")
+            .bind(allocation_id)
+            .fetch_optional(self.store().pool())
+            .await?;
+        let status = status.ok_or(AllocationError::NotFound("allocation"))?;
+        AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))
+    }
+
     async fn transitions(&self, allocation_id: &str) -> Result<Vec<Transition>, AllocationError> {
         let rows = sqlx::query(
             "SELECT from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \

@@ -298,6 +298,39 @@ pub async fn hostname_in(connection: &mut gpuaas_store::Connection, node_id: &st
         .ok_or(InventoryError::NotFound("node"))
 }
 
+/// The allocation users a node listed in its latest inventory, and when it sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedUsers {
+    pub node_id: String,
+    pub users: Vec<String>,
+    pub reported_at: Timestamp,
+}
+
+/// Every node's latest user list, for reconciliation. Retired and never-enrolled nodes
+/// bill nothing, and a node that never sent a list is unknown rather than empty: both
+/// are left out, so no allocation is released on a report that does not exist.
+pub async fn reported_users(store: &Store) -> Result<Vec<ReportedUsers>, InventoryError> {
+    let rows = sqlx::query(
+        "SELECT id, allocation_users, inventory_updated_at FROM nodes \
+         WHERE status NOT IN ('retired', 'pending_enrollment') \
+         AND inventory_updated_at IS NOT NULL AND allocation_users IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let users: String = row.try_get("allocation_users")?;
+            let users = serde_json::from_str(&users)
+                .map_err(|error| InventoryError::Corrupt(format!("allocation_users: {error}")))?;
+            Ok(ReportedUsers {
+                node_id: row.try_get("id")?,
+                users,
+                reported_at: Timestamp::from_micros(row.try_get("inventory_updated_at")?),
+            })
+        })
+        .collect()
+}
+
 pub async fn get(store: &Store, node_id: &str) -> Result<NodeView, InventoryError> {
     let sql = format!("SELECT {NODE_COLUMNS} FROM nodes n JOIN sku_catalog s ON s.id = n.sku_id WHERE n.id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node_id).fetch_optional(store.pool()).await?;

@@ -1,0 +1,353 @@
+//! `gpuaas bench allocations`: the allocation service under load, in process (no
+//! HTTP), on a throwaway database: a registered and enrolled fleet, concurrent clients
+//! creating and releasing, the workflow runner, and an in-process fleet answering its
+//! node tasks. Then one accrual cycle over many open usage records.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gpuaas_allocations::{Actor, AllocationError, Allocations, NewAllocation};
+use gpuaas_billing::{EntryType, NewEntry, NewUsageRecord};
+use gpuaas_inventory::nodes::NewNode;
+use gpuaas_inventory::{NewSku, NodePlane, NodePlaneConfig};
+use gpuaas_kernel::Timestamp;
+use gpuaas_nodeagent_protocol::TaskResult;
+use gpuaas_nodeagent_protocol::wire::EnrollRequest;
+use gpuaas_policy::{PolicyClient, keys};
+use gpuaas_store::{PoolSettings, Store};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7kXQjbukv2J9T2+pusBj/hiE bench";
+
+/// What `gpuaas bench allocations` runs.
+#[derive(Debug, Clone)]
+pub struct AllocationBench {
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    pub clients: u32,
+    pub seconds: u64,
+    /// Live allocations a client keeps before releasing its oldest.
+    pub per_client: usize,
+    pub accrual_records: u32,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std::path::Path) -> anyhow::Result<()> {
+    let pool = PoolSettings { max_connections: 32, ..PoolSettings::default() };
+    let store = Store::connect(database_url, &pool).await?;
+    store.migrate(&crate::migrations()).await?;
+    let policy = PolicyClient::new(store.clone(), PolicyClient::DEFAULT_CACHE_TTL);
+    for (key, value) in [
+        (keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 1_000_000),
+        (keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 1_000_000),
+        (keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT, 1_000_000),
+        (keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS, 50),
+        (keys::BILLING_WINDOW_SECONDS, 60),
+    ] {
+        policy.set(key, &value).await?;
+    }
+    let ca = gpuaas_pki::BuiltinCa::load_or_create(pki_dir)?;
+    let signer = gpuaas_nodeagent_protocol::TaskSigner::new(gpuaas_pki::load_or_create_signing_key(
+        &pki_dir.join(crate::runtime::TASK_SIGNING_KEY_FILE),
+    )?);
+    let nodes = NodePlane::new(
+        store.clone(),
+        policy.clone(),
+        Arc::new(ca),
+        signer,
+        NodePlaneConfig { internal_url: "https://127.0.0.1:8443".into(), resource_ids: Default::default() },
+    );
+    let allocations = Allocations::new(store.clone(), policy.clone(), nodes.clone(), Default::default());
+
+    let started = Instant::now();
+    let fleet = build_fleet(&nodes, settings).await?;
+    println!(
+        "fleet: {} nodes × {} GPUs registered and enrolled in {:.1} s",
+        fleet.len(),
+        settings.gpus_per_node,
+        started.elapsed().as_secs_f64()
+    );
+    let clients = build_clients(&store, &allocations, settings.clients).await?;
+
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(crate::runtime::workflow_loop(allocations.clone(), stop.clone()));
+    let answering = tokio::spawn(answer_tasks(store.clone(), nodes.clone(), stop.clone()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let released = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(settings.seconds);
+    let run_started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for client in clients {
+        let allocations = allocations.clone();
+        let latencies = latencies.clone();
+        let refused = refused.clone();
+        let released = released.clone();
+        let per_client = settings.per_client.max(1);
+        workers.spawn(async move {
+            run_client(&allocations, &client, deadline, per_client, &latencies, &refused, &released).await
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    let run_seconds = run_started.elapsed().as_secs_f64();
+    // Let the workflow finish what is in flight before measuring it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    runner.await??;
+    answering.await??;
+
+    let mut latencies = std::mem::take(&mut *latencies.lock().await);
+    latencies.sort();
+    let rows: Vec<(i64, i64)> =
+        gpuaas_store::sqlx::query_as("SELECT created_at, active_at FROM allocations WHERE active_at IS NOT NULL")
+            .fetch_all(store.pool())
+            .await?;
+    let mut to_active: Vec<Duration> = rows
+        .iter()
+        .map(|(created, active)| Duration::from_micros(u64::try_from(active - created).unwrap_or(0)))
+        .collect();
+    to_active.sort();
+    println!(
+        "allocations on {}: {} clients for {:.0} s over {} nodes × {} GPUs (service layer, in process)",
+        store.dialect().name(),
+        settings.clients,
+        run_seconds,
+        settings.nodes,
+        settings.gpus_per_node
+    );
+    println!(
+        "  creates: {} ({:.0}/s), refused (no capacity): {}, released: {}",
+        latencies.len(),
+        latencies.len() as f64 / run_seconds,
+        refused.load(Ordering::Relaxed),
+        released.load(Ordering::Relaxed)
+    );
+    println!(
+        "  create latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "  requested → active ({} allocations): p50 {:.0} ms, p99 {:.0} ms",
+        to_active.len(),
+        percentile(&to_active, 0.50),
+        percentile(&to_active, 0.99)
+    );
+
+    accrual(&store, &policy, settings.accrual_records).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Registers and enrolls the fleet through the node plane, as agents would.
+async fn build_fleet(nodes: &NodePlane, settings: &AllocationBench) -> anyhow::Result<Vec<String>> {
+    let actor = Actor::system();
+    let sku = NewSku {
+        name: "bench-gpu".into(),
+        display_name: None,
+        gpu_model: "Simulated H100 80GB".into(),
+        gpus_per_node: i64::from(settings.gpus_per_node),
+        gpu_memory_mib: 81_559,
+        vcpus_per_node: 96,
+        memory_bytes_per_node: 1 << 40,
+        price_per_gpu_hour_minor: 250,
+        currency: "USD".into(),
+    };
+    nodes.create_sku(&actor, &sku).await?;
+    let mut ids = Vec::with_capacity(settings.nodes as usize);
+    for index in 0..settings.nodes {
+        let hostname = format!("bench-node-{index:05}.invalid");
+        let new = NewNode { hostname: hostname.clone(), sku: "bench-gpu".into(), onboarding_mode: None };
+        let registered = nodes.register_node(&actor, &new).await?;
+        let key = rcgen::KeyPair::generate()?;
+        let csr = rcgen::CertificateParams::new(vec![hostname.clone()])?.serialize_request(&key)?;
+        let request = EnrollRequest {
+            token: registered.enrollment.token,
+            csr_pem: csr.pem()?,
+            hostname,
+            agent_version: "bench".into(),
+            protocol_version: gpuaas_nodeagent_protocol::PROTOCOL_VERSION,
+        };
+        nodes.enroll(&request, "bench").await?;
+        ids.push(registered.node.id);
+    }
+    Ok(ids)
+}
+
+struct Client {
+    tenant: String,
+    project: String,
+    user: String,
+    keys: Vec<String>,
+}
+
+/// One tenant, project and user per client, each with a key and plenty of credit.
+async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let client = Client {
+            tenant: format!("bench-tenant-{index}"),
+            project: format!("bench-project-{index}"),
+            user: format!("bench-user-{index}"),
+            keys: Vec::new(),
+        };
+        let key = allocations.add_ssh_key(&Actor::system(), &client.user, "bench", SSH_KEY).await?;
+        let mut tx = store.begin().await?;
+        let entry = NewEntry {
+            tenant_id: &client.tenant,
+            entry_type: EntryType::AdminCredit,
+            amount_minor: 1_000_000_000,
+            currency: "USD",
+            idempotency_key: "bench-credit",
+            reference_type: "bench",
+            reference_id: "bench",
+            correlation_id: "bench",
+            created_by: "bench",
+            description: None,
+        };
+        gpuaas_billing::post(&mut tx, store.dialect(), &entry, 100).await?;
+        tx.commit().await?;
+        clients.push(Client { keys: vec![key.id], ..client });
+    }
+    Ok(clients)
+}
+
+async fn run_client(
+    allocations: &Allocations,
+    client: &Client,
+    deadline: Instant,
+    per_client: usize,
+    latencies: &Mutex<Vec<Duration>>,
+    refused: &AtomicU64,
+    released: &AtomicU64,
+) -> anyhow::Result<()> {
+    let actor = Actor { id: client.user.clone(), ..Actor::system() };
+    let mut live: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut mine = Vec::new();
+    let mut turn = 0u64;
+    while Instant::now() < deadline {
+        turn += 1;
+        if live.len() >= per_client
+            && let Some(oldest) = live.pop_front()
+        {
+            // A read first: a release attempt on one not yet active would take the
+            // write lock only to be refused.
+            if allocations.status_of(&oldest).await? != gpuaas_allocations::AllocationStatus::Active {
+                live.push_back(oldest);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            match allocations.release(&actor, &oldest, &client.tenant).await {
+                Ok(_) => {
+                    released.fetch_add(1, Ordering::Relaxed);
+                }
+                // Not active yet: try again on a later turn.
+                Err(AllocationError::InvalidTransition { .. }) => {
+                    live.push_back(oldest);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+            continue;
+        }
+        let new = NewAllocation {
+            tenant_id: &client.tenant,
+            project_id: &client.project,
+            user_id: &client.user,
+            sku: "bench-gpu",
+            gpu_count: 1 + (turn % 2) as i64,
+            ssh_key_ids: &client.keys,
+            name: None,
+        };
+        let started = Instant::now();
+        match allocations.create(&actor, &new).await {
+            Ok(allocation) => {
+                mine.push(started.elapsed());
+                live.push_back(allocation.id);
+            }
+            Err(AllocationError::SkuUnavailable(_)) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    latencies.lock().await.extend(mine);
+    Ok(())
+}
+
+/// The fleet's side, in process: every node with queued tasks has them pulled (signed
+/// per delivery, as for a real agent) and answered successfully.
+async fn answer_tasks(store: Store, nodes: NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
+    while !stop.is_cancelled() {
+        let waiting: Vec<String> =
+            gpuaas_store::sqlx::query_scalar("SELECT DISTINCT node_id FROM node_tasks WHERE status = 'queued'")
+                .fetch_all(store.pool())
+                .await?;
+        let mut answers = tokio::task::JoinSet::new();
+        for node in waiting {
+            let nodes = nodes.clone();
+            answers.spawn(async move {
+                for delivery in nodes.pull_tasks(&node, Duration::ZERO).await? {
+                    let result = TaskResult::succeeded(serde_json::json!({}));
+                    nodes.complete_task(&node, &delivery.task_id, &result, "bench").await?;
+                }
+                Ok::<_, gpuaas_inventory::InventoryError>(())
+            });
+        }
+        while let Some(result) = answers.join_next().await {
+            result??;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Opens `records` usage records that have run just over one window, then times one
+/// accrual cycle (debits and the balance check after it).
+async fn accrual(store: &Store, policy: &PolicyClient, records: u32) -> anyhow::Result<()> {
+    let window: i64 = policy.get(keys::BILLING_WINDOW_SECONDS).await?;
+    let started_at = Timestamp::from_micros(Timestamp::now().as_micros() - (window + 1) * 1_000_000);
+    let tenants = 100u32;
+    let mut tx = store.begin().await?;
+    for index in 0..records {
+        let tenant = format!("accrual-tenant-{}", index % tenants);
+        let allocation = format!("accrual-allocation-{index}");
+        gpuaas_billing::insert_usage_record(
+            &mut tx,
+            &NewUsageRecord {
+                tenant_id: &tenant,
+                project_id: "accrual-project",
+                allocation_id: &allocation,
+                sku_id: "bench-gpu",
+                gpu_count: 8,
+                price_per_gpu_hour_minor: 250,
+                currency: "USD",
+                started_at,
+                ended_at: None,
+                billed_seconds: 0,
+                billed_minor: 0,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let cycle = Instant::now();
+    let report = crate::runtime::accrual_cycle(store, policy, window).await.context("accrual cycle")?;
+    println!(
+        "  accrual: {} open usage records ({} tenants) debited in {:.2} s ({} ledger entries, balance check included)",
+        report.records,
+        report.tenants.len(),
+        cycle.elapsed().as_secs_f64(),
+        report.entries
+    );
+    Ok(())
+}
