@@ -405,4 +405,13 @@ async fn racing_creates_never_share_a_gpu(backend: Backend) {
         assert!(held.iter().all(|row| allocation["node_id"] == row.0.as_str()));
     }
     assert!((62..=64).contains(&gpus), "placement fills the fleet: {gpus}");
+    // The nodes' free counts agree with their slots.
+    let drift: i64 = gpuaas_store::sqlx::query_scalar(
+        "SELECT COUNT(*) FROM nodes n WHERE n.free_gpus <> \
+         (SELECT COUNT(*) FROM node_resource_slots r WHERE r.node_id = n.id AND r.allocation_id IS NULL)",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(drift, 0);
 }

@@ -365,10 +365,10 @@ impl Allocations {
         }
         validate_text("sku", new.sku, 256)?;
         let policy = self.policy();
-        let caps = [
-            ("user", "user_id", new.user_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER).await?),
-            ("project", "project_id", new.project_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT).await?),
-            ("tenant", "tenant_id", new.tenant_id, policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT).await?),
+        let caps: [(&str, i64); 3] = [
+            ("user", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER).await?),
+            ("project", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT).await?),
+            ("tenant", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT).await?),
         ];
         let strategy = match policy.get(keys::ALLOCATIONS_PLACEMENT_STRATEGY).await?.as_str() {
             "spread" => PlacementStrategy::Spread,
@@ -402,11 +402,23 @@ impl Allocations {
                 currency: balance.currency.unwrap_or_else(|| sku.currency.clone()),
             });
         }
+        // The three caps in one statement.
         let live = live_list();
-        for (scope, column, value, cap) in caps {
-            let sql = format!("SELECT COUNT(*) FROM allocations WHERE {column} = $1 AND status IN ({live})");
-            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(value).fetch_one(&mut *tx).await?;
-            if count >= cap {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN user_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS by_user, \
+             CAST(COALESCE(SUM(CASE WHEN project_id = $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS by_project, \
+             COUNT(*) AS by_tenant FROM allocations WHERE tenant_id = $3 AND status IN ({live})"
+        );
+        let counts = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(new.user_id)
+            .bind(new.project_id)
+            .bind(new.tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        for ((scope, cap), column) in caps.iter().zip(["by_user", "by_project", "by_tenant"]) {
+            // PostgreSQL sums into NUMERIC; the casts above keep both engines on i64.
+            let count: i64 = counts.try_get(column)?;
+            if count >= *cap {
                 return Err(AllocationError::LimitReached(format!(
                     "this {scope} already holds {count} live allocations (the limit is {cap}); release one first"
                 )));

@@ -30,12 +30,20 @@ pub use nodes::{NodeFilter, NodeGpu, NodePage, NodeStatus, NodeSummary, NodeView
 pub use skus::{NewSku, Sku, SkuUpdate};
 pub use tasks::{NodeTask, TaskStatus};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112340,
-    name: "inventory",
-    sqlite: include_str!("../migrations/2026112340_inventory.sql"),
-    postgres: include_str!("../migrations/2026112340_inventory.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112340,
+        name: "inventory",
+        sqlite: include_str!("../migrations/2026112340_inventory.sql"),
+        postgres: include_str!("../migrations/2026112340_inventory.sql"),
+    },
+    Migration {
+        version: 2026112341,
+        name: "free_gpus",
+        sqlite: include_str!("../migrations/2026112341_free_gpus.sql"),
+        postgres: include_str!("../migrations/2026112341_free_gpus.sql"),
+    },
+];
 
 /// How the node plane is reached and named.
 #[derive(Clone)]

@@ -435,6 +435,20 @@ pub(crate) async fn lock_status(
     NodeStatus::parse(&status).ok_or(InventoryError::Corrupt(status))
 }
 
+/// [`lock_status`] without waiting: `None` when another transaction holds the node.
+/// For a caller that already holds another node's lock, so two of them can never wait
+/// on each other.
+pub(crate) async fn try_lock_status(
+    connection: &mut Connection,
+    dialect: gpuaas_store::Dialect,
+    node_id: &str,
+) -> Result<Option<NodeStatus>, InventoryError> {
+    let sql = format!("SELECT status FROM nodes WHERE id = $1{}", dialect.skip_locked());
+    let status: Option<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(node_id).fetch_optional(&mut *connection).await?;
+    status.map(|status| NodeStatus::parse(&status).ok_or(InventoryError::Corrupt(status))).transpose()
+}
+
 pub(crate) async fn publish(
     connection: &mut Connection,
     subject: &str,
@@ -482,6 +496,11 @@ impl NodePlane {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("UPDATE nodes SET free_gpus = $2 WHERE id = $1")
+            .bind(&id)
+            .bind(sku.gpus_per_node)
+            .execute(&mut *tx)
+            .await?;
         let enrollment = crate::enrollment::insert_token(&mut tx, &id, &actor.id, ttl).await?;
         let entry = actor.entry(
             "node.register",

@@ -3,7 +3,7 @@
 //! GPU on either database, whatever the interleaving.
 
 use gpuaas_kernel::Timestamp;
-use gpuaas_store::sqlx::{self, Row as _};
+use gpuaas_store::sqlx;
 use gpuaas_store::{Connection, Dialect};
 use serde::{Deserialize, Serialize};
 
@@ -40,27 +40,39 @@ pub async fn reserve(
         return Err(InventoryError::invalid("gpu_count", "must be at least 1"));
     }
     let order = match strategy {
-        PlacementStrategy::BestFit => "free ASC",
-        PlacementStrategy::Spread => "free DESC",
+        PlacementStrategy::BestFit => "free_gpus ASC",
+        PlacementStrategy::Spread => "free_gpus DESC",
     };
     let sql = format!(
-        "SELECT n.id, COUNT(*) AS free FROM nodes n JOIN node_resource_slots r ON r.node_id = n.id \
-         WHERE n.sku_id = $1 AND n.status = 'active' AND r.allocation_id IS NULL \
-         GROUP BY n.id HAVING COUNT(*) >= $2 ORDER BY {order}, n.id LIMIT 16"
+        "SELECT id FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2 ORDER BY {order}, id LIMIT 16"
     );
-    let candidates: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(sku_id)
-        .bind(gpu_count)
-        .fetch_all(&mut *connection)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()?;
+    let candidates: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sku_id).bind(gpu_count).fetch_all(&mut *connection).await?;
     let now = Timestamp::now().as_micros();
-    for node_id in candidates {
-        // Lock the node: retire and drain take the same lock, so a node cannot be
-        // retired between the check and the claim.
-        if crate::nodes::lock_status(connection, dialect, &node_id).await? != crate::NodeStatus::Active {
+    // Lock a node before claiming on it: retire and drain take the same lock, so a
+    // node cannot be retired between the check and the claim. Candidates another
+    // placement holds are skipped, so concurrent placements spread over the best few
+    // nodes instead of queueing on the single best one, and a placement never waits
+    // for a node while holding another (two could deadlock). Only when every candidate
+    // is held does it wait, for the best one, holding none.
+    let mut order: Vec<(String, bool)> = candidates.iter().map(|id| (id.clone(), false)).collect();
+    if let Some(best) = candidates.first() {
+        order.push((best.clone(), true));
+    }
+    let mut locked_any = false;
+    for (node_id, wait) in order {
+        if wait && locked_any {
+            break;
+        }
+        let status = if wait {
+            Some(crate::nodes::lock_status(connection, dialect, &node_id).await?)
+        } else {
+            crate::nodes::try_lock_status(connection, dialect, &node_id).await?
+        };
+        if status.is_some() {
+            locked_any = true;
+        }
+        if status != Some(crate::NodeStatus::Active) {
             continue;
         }
         let sql = format!(
@@ -76,39 +88,60 @@ pub async fn reserve(
         if (free.len() as i64) < gpu_count {
             continue;
         }
-        let mut claimed = Vec::with_capacity(free.len());
-        for index in free {
-            let updated = sqlx::query(
-                "UPDATE node_resource_slots SET allocation_id = $3, reserved_at = $4 \
-                 WHERE node_id = $1 AND gpu_index = $2 AND allocation_id IS NULL",
-            )
-            .bind(&node_id)
-            .bind(index)
-            .bind(allocation_id)
-            .bind(now)
-            .execute(&mut *connection)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                claimed.push(index);
-            }
+        // The rows are ours (locked above, skipping any another placement holds): one
+        // UPDATE claims them all, still conditioned on each being free.
+        let placeholders: Vec<String> = (0..free.len()).map(|index| format!("${}", index + 4)).collect();
+        let sql = format!(
+            "UPDATE node_resource_slots SET allocation_id = $2, reserved_at = $3 \
+             WHERE node_id = $1 AND allocation_id IS NULL AND gpu_index IN ({}) RETURNING gpu_index",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&node_id).bind(allocation_id).bind(now);
+        for index in &free {
+            query = query.bind(*index);
         }
+        let mut claimed: Vec<i64> = query.fetch_all(&mut *connection).await?;
+        claimed.sort_unstable();
         if claimed.len() as i64 == gpu_count {
+            sqlx::query("UPDATE nodes SET free_gpus = free_gpus - $2 WHERE id = $1")
+                .bind(&node_id)
+                .bind(gpu_count)
+                .execute(&mut *connection)
+                .await?;
             return Ok(Some(Reservation { node_id, gpu_indices: claimed }));
         }
-        // Lost a race for part of this node: give back what we took and try the next.
-        release(connection, allocation_id).await?;
+        // Lost a race for part of this node: give back what we took (its count was not
+        // taken yet) and try the next.
+        unclaim(connection, allocation_id).await?;
     }
     Ok(None)
 }
 
 /// Frees every slot `allocation_id` holds; returns how many.
 pub async fn release(connection: &mut Connection, allocation_id: &str) -> Result<u64, InventoryError> {
-    let freed =
-        sqlx::query("UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id = $1")
-            .bind(allocation_id)
+    let nodes = unclaim(connection, allocation_id).await?;
+    let mut per_node: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for node in &nodes {
+        *per_node.entry(node.as_str()).or_default() += 1;
+    }
+    for (node, freed) in per_node {
+        sqlx::query("UPDATE nodes SET free_gpus = free_gpus + $2 WHERE id = $1")
+            .bind(node)
+            .bind(freed)
             .execute(&mut *connection)
-            .await?
-            .rows_affected();
-    Ok(freed)
+            .await?;
+    }
+    Ok(nodes.len() as u64)
+}
+
+/// Clears the slots `allocation_id` holds without touching the nodes' free counts;
+/// returns the node of each slot cleared.
+async fn unclaim(connection: &mut Connection, allocation_id: &str) -> Result<Vec<String>, InventoryError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id = $1 \
+         RETURNING node_id",
+    )
+    .bind(allocation_id)
+    .fetch_all(&mut *connection)
+    .await?)
 }
