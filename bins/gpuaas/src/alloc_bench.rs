@@ -39,7 +39,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std::path::Path) -> anyhow::Result<()> {
-    let pool = PoolSettings { max_connections: 32, ..PoolSettings::default() };
+    // SQLite has one writer: 64 clients queue for it far longer than the default wait.
+    let pool = PoolSettings { max_connections: 32, acquire_timeout: Duration::from_secs(300) };
     let store = Store::connect(database_url, &pool).await?;
     store.migrate(&crate::migrations()).await?;
     let policy = PolicyClient::new(store.clone(), PolicyClient::DEFAULT_CACHE_TTL);
@@ -317,7 +318,25 @@ async fn accrual(store: &Store, policy: &PolicyClient, records: u32) -> anyhow::
     let window: i64 = policy.get(keys::BILLING_WINDOW_SECONDS).await?;
     let started_at = Timestamp::from_micros(Timestamp::now().as_micros() - (window + 1) * 1_000_000);
     let tenants = 100u32;
+    // Funded tenants: the cycle measured is the everyday one, not a mass depletion.
+    let names: Vec<String> = (0..tenants).map(|index| format!("accrual-tenant-{index}")).collect();
+    let credits: Vec<NewEntry<'_>> = names
+        .iter()
+        .map(|tenant| NewEntry {
+            tenant_id: tenant,
+            entry_type: EntryType::AdminCredit,
+            amount_minor: 1_000_000_000,
+            currency: "USD",
+            idempotency_key: "bench-credit",
+            reference_type: "bench",
+            reference_id: "bench",
+            correlation_id: "bench",
+            created_by: "bench",
+            description: None,
+        })
+        .collect();
     let mut tx = store.begin().await?;
+    gpuaas_billing::post_many(&mut tx, store.dialect(), &credits, 100).await?;
     for index in 0..records {
         let tenant = format!("accrual-tenant-{}", index % tenants);
         let allocation = format!("accrual-allocation-{index}");

@@ -488,6 +488,10 @@ async fn accrual_loop(store: Store, policy: PolicyClient, stop: CancellationToke
     }
 }
 
+/// Usage records debited per transaction: large batches keep the per-transaction
+/// round trips few (posting is set-based), small enough to hold account locks briefly.
+const ACCRUAL_BATCH: usize = 2500;
+
 /// One accrual cycle and the balance check after it.
 pub async fn accrual_cycle(
     store: &Store,
@@ -497,7 +501,7 @@ pub async fn accrual_cycle(
     let settings = gpuaas_billing::accrual::AccrualSettings {
         window_seconds,
         checkpoint_every: policy.get(keys::BILLING_CHECKPOINT_EVERY).await?,
-        batch: 1000,
+        batch: ACCRUAL_BATCH,
     };
     let now = gpuaas_kernel::Timestamp::now();
     let report = gpuaas_billing::accrual::accrue(store, now, &settings).await?;

@@ -23,6 +23,8 @@ async fn every_key_is_seeded_and_typed(backend: Backend) {
     }
     let currencies = policy.get(keys::PAYMENTS_CURRENCIES).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(currencies.iter().all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())), "{currencies:?}");
+    let strategy = policy.get(keys::ALLOCATIONS_PLACEMENT_STRATEGY).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(strategy, "best_fit");
     assert_eq!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_default(), 10);
     assert_eq!(policy.get(keys::RATELIMIT_AUTH_BURST).await.unwrap_or_default(), 20);
     assert_eq!(policy.get(keys::RATELIMIT_READ_PER_MINUTE).await.unwrap_or_default(), 600);
