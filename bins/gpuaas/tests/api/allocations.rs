@@ -415,3 +415,108 @@ async fn racing_creates_never_share_a_gpu(backend: Backend) {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(drift, 0);
 }
+
+/// What the world may do to an allocation next.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Step,
+    NodeSucceeds,
+    NodeFails,
+    UserReleases,
+    OperatorForceReleases,
+}
+
+fn moves() -> impl proptest::strategy::Strategy<Value = Vec<Move>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        prop_oneof![
+            3 => Just(Move::Step),
+            2 => Just(Move::NodeSucceeds),
+            1 => Just(Move::NodeFails),
+            1 => Just(Move::UserReleases),
+            1 => Just(Move::OperatorForceReleases),
+        ],
+        1..16,
+    )
+}
+
+gpuaas_testkit::both_backends!(any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live);
+/// Property: whatever the node, the user and the operator do, in any order, every
+/// recorded transition is one the machine allows, and the allocation holds exactly its
+/// GPUs while live and none once terminal (and the nodes' free counts agree).
+async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(backend: Backend) {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+    let app = TestApp::spawn(backend).await;
+    set_policy(&app, keys::ALLOCATIONS_WORKFLOW_RETRY_BASE_MS, 0).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 1_000).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 1_000).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT, 1_000).await;
+    set_policy(&app, keys::RATELIMIT_WRITE_BURST, 10_000).await;
+    let world = world(&app, 10_000_000).await;
+    let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
+    for _ in 0..24 {
+        let sequence = moves().new_tree(&mut runner).unwrap_or_else(|e| panic!("{e}")).current();
+        // Earlier cases may leave GPUs held (release_failed); force them free first.
+        let created = app.post(ALLOCATIONS, &world.user, create_body(&world, 2)).await;
+        if created.status().as_u16() == 409 {
+            break;
+        }
+        let created: serde_json::Value = created.json().await.unwrap_or_else(|e| panic!("{e}"));
+        let id = text(&created["id"]);
+        for movement in &sequence {
+            match movement {
+                Move::Step => step(&app).await,
+                Move::NodeSucceeds => {
+                    answer(&app, &world.node, None).await;
+                }
+                Move::NodeFails => {
+                    let deliveries =
+                        app.nodes.pull_tasks(&world.node, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}"));
+                    for delivery in deliveries {
+                        let result = TaskResult::failed("host said no");
+                        app.nodes
+                            .complete_task(&world.node, &delivery.task_id, &result, "test")
+                            .await
+                            .unwrap_or_else(|e| panic!("{e}"));
+                    }
+                }
+                Move::UserReleases => {
+                    let status = app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await;
+                    assert!(matches!(status.status().as_u16(), 200 | 409), "{sequence:?}");
+                }
+                Move::OperatorForceReleases => {
+                    let path = format!("/api/v1/admin/allocations/{id}/force-release");
+                    let status = app.post(&path, &world.admin, json!({"reason": "property test"})).await;
+                    assert!(matches!(status.status().as_u16(), 200 | 409), "{sequence:?}");
+                }
+            }
+            let current = show(&app, &world.user, &id).await;
+            let status = gpuaas_allocations::AllocationStatus::parse(current["status"].as_str().unwrap_or_default())
+                .unwrap_or_else(|| panic!("{current}"));
+            let held = held_slots(&app, &id).await;
+            assert_eq!(held, if status.is_terminal() { 0 } else { 2 }, "{status} after {sequence:?}");
+            let path: Vec<gpuaas_allocations::AllocationStatus> = statuses(&current)
+                .iter()
+                .filter_map(|text| gpuaas_allocations::AllocationStatus::parse(text))
+                .collect();
+            assert!(path.windows(2).all(|pair| pair[0].can_become(pair[1])), "{path:?} after {sequence:?}");
+        }
+        // Leave no GPUs behind for the next case.
+        let path = format!("/api/v1/admin/allocations/{id}/force-release");
+        app.post(&path, &world.admin, json!({"reason": "next case"})).await;
+        for _ in 0..4 {
+            step(&app).await;
+            answer(&app, &world.node, None).await;
+        }
+        step(&app).await;
+    }
+    let drift: i64 = gpuaas_store::sqlx::query_scalar(
+        "SELECT COUNT(*) FROM nodes n WHERE n.free_gpus <> \
+         (SELECT COUNT(*) FROM node_resource_slots r WHERE r.node_id = n.id AND r.allocation_id IS NULL)",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(drift, 0);
+}

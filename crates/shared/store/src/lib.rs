@@ -17,8 +17,39 @@ pub use migrate::{Migration, SchemaStatus};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-/// A transaction on either engine.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A transaction on either engine; `&mut *tx` is its connection. On SQLite it also
+/// holds this process's write turn until it ends: writers queue here, in order, rather
+/// than in SQLite's busy handler, which sleeps up to 100 ms between tries and lets an
+/// unlucky writer starve past its timeout under load.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    // Dropped after `inner`, so the turn passes on only once the transaction is over.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
 /// A connection on either engine, e.g. `&mut *tx` inside a transaction.
 pub type Connection = sqlx::AnyConnection;
 pub type Row = sqlx::any::AnyRow;
@@ -119,6 +150,8 @@ impl Default for PoolSettings {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite's one writer, taken in turn by [`Store::begin`].
+    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
@@ -150,7 +183,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { dialect: dialect.name(), source })?;
-        Ok(Self { pool, dialect })
+        Ok(Self { pool, dialect, write_turn: std::sync::Arc::default() })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -165,11 +198,16 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails half-way with
     /// `SQLITE_BUSY` when another writer commits first.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
+        match self.dialect {
+            Dialect::Sqlite => {
+                // The turn first, the connection second: a writer waiting for its turn
+                // holds no pooled connection.
+                let turn = self.write_turn.clone().lock_owned().await;
+                let inner = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(Tx { inner, _turn: Some(turn) })
+            }
+            Dialect::Postgres => Ok(Tx { inner: self.pool.begin().await?, _turn: None }),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
