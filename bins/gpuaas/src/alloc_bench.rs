@@ -184,6 +184,22 @@ async fn build_fleet(nodes: &NodePlane, settings: &AllocationBench) -> anyhow::R
     Ok(ids)
 }
 
+/// Credit enough for the whole run.
+fn credit(tenant_id: &str) -> NewEntry<'_> {
+    NewEntry {
+        tenant_id,
+        entry_type: EntryType::AdminCredit,
+        amount_minor: 1_000_000_000,
+        currency: "USD",
+        idempotency_key: "bench-credit",
+        reference_type: "bench",
+        reference_id: "bench",
+        correlation_id: "bench",
+        created_by: "bench",
+        description: None,
+    }
+}
+
 struct Client {
     tenant: String,
     project: String,
@@ -203,19 +219,7 @@ async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> 
         };
         let key = allocations.add_ssh_key(&Actor::system(), &client.user, "bench", SSH_KEY).await?;
         let mut tx = store.begin().await?;
-        let entry = NewEntry {
-            tenant_id: &client.tenant,
-            entry_type: EntryType::AdminCredit,
-            amount_minor: 1_000_000_000,
-            currency: "USD",
-            idempotency_key: "bench-credit",
-            reference_type: "bench",
-            reference_id: "bench",
-            correlation_id: "bench",
-            created_by: "bench",
-            description: None,
-        };
-        gpuaas_billing::post(&mut tx, store.dialect(), &entry, 100).await?;
+        gpuaas_billing::post(&mut tx, store.dialect(), &credit(&client.tenant), 100).await?;
         tx.commit().await?;
         clients.push(Client { keys: vec![key.id], ..client });
     }
@@ -320,21 +324,7 @@ async fn accrual(store: &Store, policy: &PolicyClient, records: u32) -> anyhow::
     let tenants = 100u32;
     // Funded tenants: the cycle measured is the everyday one, not a mass depletion.
     let names: Vec<String> = (0..tenants).map(|index| format!("accrual-tenant-{index}")).collect();
-    let credits: Vec<NewEntry<'_>> = names
-        .iter()
-        .map(|tenant| NewEntry {
-            tenant_id: tenant,
-            entry_type: EntryType::AdminCredit,
-            amount_minor: 1_000_000_000,
-            currency: "USD",
-            idempotency_key: "bench-credit",
-            reference_type: "bench",
-            reference_id: "bench",
-            correlation_id: "bench",
-            created_by: "bench",
-            description: None,
-        })
-        .collect();
+    let credits: Vec<NewEntry<'_>> = names.iter().map(|tenant| credit(tenant)).collect();
     let mut tx = store.begin().await?;
     gpuaas_billing::post_many(&mut tx, store.dialect(), &credits, 100).await?;
     for index in 0..records {

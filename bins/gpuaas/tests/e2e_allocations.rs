@@ -4,7 +4,7 @@
 //! out, and a control plane killed with SIGKILL mid-workflow that finishes the work
 //! after a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 mod process;
 
-use process::{Running, gpuaas, start};
+use process::{Running, agent_binary, gpuaas, start};
 
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const PASSWORD: &str = "correct horse battery staple";
@@ -23,19 +23,6 @@ const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7
 /// 36,000 per GPU-hour: 10 per GPU-second, 20 per second for the 2-GPU allocations here.
 const PRICE_PER_GPU_HOUR: i64 = 36_000;
 const COST_PER_SECOND: i64 = 20;
-
-fn agent_binary() -> PathBuf {
-    let gpuaas = PathBuf::from(env!("CARGO_BIN_EXE_gpuaas"));
-    let agent = gpuaas.with_file_name("gpuaas-agent");
-    if !agent.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "gpuaas-agent"])
-            .status()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(status.success(), "building gpuaas-agent failed");
-    }
-    agent
-}
 
 fn text(value: &serde_json::Value) -> String {
     value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()

@@ -1,7 +1,7 @@
 //! The node plane end to end with the real binaries: `gpuaas up`, then
 //! `gpuaas-agent enroll` and `gpuaas-agent run` as an operator would type them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -10,25 +10,10 @@ use tokio::process::{Child, Command};
 
 mod process;
 
-use process::{Running, gpuaas, start, terminate};
+use process::{Running, agent_binary, gpuaas, start, terminate};
 
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
-
-/// The agent binary sits beside `gpuaas` in the target dir; `cargo test --workspace`
-/// builds it, and a run of this package alone builds it here.
-fn agent_binary() -> PathBuf {
-    let gpuaas = PathBuf::from(env!("CARGO_BIN_EXE_gpuaas"));
-    let agent = gpuaas.with_file_name("gpuaas-agent");
-    if !agent.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "gpuaas-agent"])
-            .status()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(status.success(), "building gpuaas-agent failed");
-    }
-    agent
-}
 
 fn agent(args: &[&str]) -> Command {
     let mut command = Command::new(agent_binary());

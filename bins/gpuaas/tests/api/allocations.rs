@@ -299,6 +299,9 @@ async fn failed_provisioning_frees_gpus_and_failed_releases_can_be_retried(backe
     step(&app).await;
     for _ in 0..2 {
         assert_eq!(answer(&app, &world.node, Some(TaskType::ProvisionUser)).await, ["allocation.provision_user"]);
+        // One step notes the failure and backs off; the next queues the retry (or,
+        // with no attempts left, fails the allocation).
+        step(&app).await;
         step(&app).await;
     }
     let failed = show(&app, &world.user, &doomed).await;

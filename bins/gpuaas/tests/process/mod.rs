@@ -12,6 +12,21 @@ use tokio::process::{Child, Command};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_gpuaas");
 
+/// The agent binary sits beside `gpuaas` in the target dir; `cargo test --workspace`
+/// builds it, and a run of this package alone builds it here.
+pub fn agent_binary() -> std::path::PathBuf {
+    let gpuaas = std::path::PathBuf::from(BINARY);
+    let agent = gpuaas.with_file_name("gpuaas-agent");
+    if !agent.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "gpuaas-agent"])
+            .status()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(status.success(), "building gpuaas-agent failed");
+    }
+    agent
+}
+
 /// `gpuaas` with none of the developer's settings leaking in, and its own internal
 /// (mTLS) port, since tests run side by side.
 pub fn gpuaas() -> Command {

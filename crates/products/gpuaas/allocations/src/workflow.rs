@@ -170,7 +170,7 @@ impl Allocations {
                 set_task(
                     tx,
                     &record.view.id,
-                    "provision_task_id",
+                    TaskColumn::Provision,
                     &task_id,
                     1,
                     Some(now.saturating_add(timing.provision_timeout)),
@@ -211,13 +211,23 @@ impl Allocations {
         timing: &Timing,
         now: Timestamp,
     ) -> Result<Option<String>, AllocationError> {
-        let deadline = record.workflow_deadline.unwrap_or(now);
-        let task = match &record.provision_task_id {
-            Some(id) => Some(node_tasks::get(self.store(), id).await?),
-            None => None,
+        let Some(task_id) = record.provision_task_id.clone() else {
+            // A retry whose backoff has passed: queue the next attempt, or give up.
+            if !can_retry(record, timing, now) {
+                let reason = format!("provisioning failed after {} attempts", record.workflow_attempts);
+                self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                return Ok(Some(record.view.node_id.clone()));
+            }
+            let task_id = self.queue_provision_task(tx, record, actor).await?;
+            let attempts = record.workflow_attempts + 1;
+            let due = now.saturating_add(timing.poll);
+            set_task(tx, &record.view.id, TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due)
+                .await?;
+            return Ok(Some(record.view.node_id.clone()));
         };
-        match task.as_ref().map(|task| task.status) {
-            Some(TaskStatus::Succeeded) => {
+        let task = node_tasks::get(self.store(), &task_id).await?;
+        match task.status {
+            TaskStatus::Succeeded => {
                 let change = Change {
                     to: AllocationStatus::Active,
                     actor,
@@ -229,30 +239,18 @@ impl Allocations {
                 schedule(tx, &record.view.id, None, false).await?;
                 Ok(None)
             }
-            Some(TaskStatus::Failed | TaskStatus::Expired) | None => {
-                let error = task.and_then(|task| task.error).unwrap_or_else(|| "no task result".into());
-                if record.workflow_attempts < timing.max_attempts && now < deadline {
-                    let task_id = self.queue_provision_task(tx, record, actor).await?;
-                    let attempts = record.workflow_attempts + 1;
-                    set_task(
-                        tx,
-                        &record.view.id,
-                        "provision_task_id",
-                        &task_id,
-                        attempts,
-                        record.workflow_deadline,
-                        now.saturating_add(backoff(timing, attempts)),
-                    )
-                    .await?;
-                    tracing::info!(allocation_id = %record.view.id, attempts, %error, "provisioning task failed; retrying");
+            TaskStatus::Failed | TaskStatus::Expired => {
+                let error = task.error.unwrap_or_else(|| "no reason given".into());
+                if can_retry(record, timing, now) {
+                    retry_later(tx, record, TaskColumn::Provision, timing, now, &error).await?;
                     return Ok(None);
                 }
                 let reason = format!("provisioning failed after {} attempts: {error}", record.workflow_attempts);
                 self.fail_provisioning(tx, record, actor, &reason, true).await?;
                 Ok(Some(record.view.node_id.clone()))
             }
-            Some(TaskStatus::Queued | TaskStatus::Leased) => {
-                if now >= deadline {
+            TaskStatus::Queued | TaskStatus::Leased => {
+                if now >= record.workflow_deadline.unwrap_or(now) {
                     let reason = format!("provisioning timed out after {} s", timing.provision_timeout.as_secs());
                     self.fail_provisioning(tx, record, actor, &reason, true).await?;
                     return Ok(Some(record.view.node_id.clone()));
@@ -324,21 +322,22 @@ impl Allocations {
         now: Timestamp,
     ) -> Result<Option<String>, AllocationError> {
         let Some(task_id) = record.release_task_id.clone() else {
-            // A new release phase: queue the revoke and start its clock.
+            // A new release phase starts its clock; a retry whose backoff has passed
+            // keeps it, and gives up once attempts or time are spent.
+            let (attempts, deadline) = match record.workflow_deadline {
+                None => (1, Some(now.saturating_add(timing.release_timeout))),
+                Some(_) if !can_retry(record, timing, now) => {
+                    let reason = format!("release failed after {} attempts", record.workflow_attempts);
+                    self.fail_release(tx, record, actor, &reason, now).await?;
+                    return Ok(None);
+                }
+                Some(deadline) => (record.workflow_attempts + 1, Some(deadline)),
+            };
             let task_id = self.queue_revoke_task(tx, record, actor).await?;
-            set_task(
-                tx,
-                &record.view.id,
-                "release_task_id",
-                &task_id,
-                1,
-                Some(now.saturating_add(timing.release_timeout)),
-                now.saturating_add(timing.poll),
-            )
-            .await?;
+            let due = now.saturating_add(timing.poll);
+            set_task(tx, &record.view.id, TaskColumn::Release, &task_id, attempts, deadline, due).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
-        let deadline = record.workflow_deadline.unwrap_or(now);
         let task = node_tasks::get(self.store(), &task_id).await?;
         match task.status {
             TaskStatus::Succeeded => {
@@ -356,28 +355,16 @@ impl Allocations {
             }
             TaskStatus::Failed | TaskStatus::Expired => {
                 let error = task.error.unwrap_or_else(|| "no reason given".into());
-                if record.workflow_attempts < timing.max_attempts && now < deadline {
-                    let task_id = self.queue_revoke_task(tx, record, actor).await?;
-                    let attempts = record.workflow_attempts + 1;
-                    set_task(
-                        tx,
-                        &record.view.id,
-                        "release_task_id",
-                        &task_id,
-                        attempts,
-                        record.workflow_deadline,
-                        now.saturating_add(backoff(timing, attempts)),
-                    )
-                    .await?;
-                    tracing::info!(allocation_id = %record.view.id, attempts, %error, "release task failed; retrying");
-                    return Ok(Some(record.view.node_id.clone()));
+                if can_retry(record, timing, now) {
+                    retry_later(tx, record, TaskColumn::Release, timing, now, &error).await?;
+                    return Ok(None);
                 }
                 let reason = format!("release failed after {} attempts: {error}", record.workflow_attempts);
                 self.fail_release(tx, record, actor, &reason, now).await?;
                 Ok(None)
             }
             TaskStatus::Queued | TaskStatus::Leased => {
-                if now >= deadline {
+                if now >= record.workflow_deadline.unwrap_or(now) {
                     let reason = format!("release timed out after {} s", timing.release_timeout.as_secs());
                     self.fail_release(tx, record, actor, &reason, now).await?;
                     return Ok(None);
@@ -467,19 +454,60 @@ fn backoff(timing: &Timing, attempts: i64) -> Duration {
     timing.retry_base.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which task column of the row a phase uses.
+#[derive(Debug, Clone, Copy)]
+enum TaskColumn {
+    Provision,
+    Release,
+}
+
+impl TaskColumn {
+    const fn name(self) -> &'static str {
+        match self {
+            TaskColumn::Provision => "provision_task_id",
+            TaskColumn::Release => "release_task_id",
+        }
+    }
+}
+
+/// Whether the phase may queue another task: attempts and time are left.
+fn can_retry(record: &Record, timing: &Timing, now: Timestamp) -> bool {
+    record.workflow_attempts < timing.max_attempts && record.workflow_deadline.is_some_and(|deadline| now < deadline)
+}
+
+/// A task of the phase failed and another attempt is allowed: forget the task and come
+/// back after the backoff, when the next step queues the new one.
+async fn retry_later(
+    tx: &mut Connection,
+    record: &Record,
+    column: TaskColumn,
+    timing: &Timing,
+    now: Timestamp,
+    error: &str,
+) -> Result<(), AllocationError> {
+    let due = now.saturating_add(backoff(timing, record.workflow_attempts));
+    let sql = format!(
+        "UPDATE allocations SET {} = NULL, workflow_due_at = $1, workflow_lease_until = NULL WHERE id = $2",
+        column.name()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due.as_micros()).bind(&record.view.id).execute(&mut *tx).await?;
+    tracing::info!(allocation_id = %record.view.id, attempts = record.workflow_attempts, %error, ?column, "node task failed; retrying after backoff");
+    Ok(())
+}
+
 async fn set_task(
     tx: &mut Connection,
     allocation_id: &str,
-    column: &'static str,
+    column: TaskColumn,
     task_id: &str,
     attempts: i64,
     deadline: Option<Timestamp>,
     due_at: Timestamp,
 ) -> Result<(), AllocationError> {
     let sql = format!(
-        "UPDATE allocations SET {column} = $1, workflow_attempts = $2, workflow_deadline = $3, \
-         workflow_due_at = $4, workflow_lease_until = NULL WHERE id = $5"
+        "UPDATE allocations SET {} = $1, workflow_attempts = $2, workflow_deadline = $3, \
+         workflow_due_at = $4, workflow_lease_until = NULL WHERE id = $5",
+        column.name()
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(task_id)
