@@ -100,6 +100,17 @@ async fn held_slots(app: &TestApp, allocation_id: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Nodes whose free-GPU count disagrees with their free slots.
+async fn free_count_drift(app: &TestApp) -> i64 {
+    gpuaas_store::sqlx::query_scalar(
+        "SELECT COUNT(*) FROM nodes n WHERE n.free_gpus <> \
+         (SELECT COUNT(*) FROM node_resource_slots r WHERE r.node_id = n.id AND r.allocation_id IS NULL)",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn set_policy(app: &TestApp, key: gpuaas_policy::PolicyKey<i64>, value: i64) {
     app.policy.set(key, &value).await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -408,15 +419,7 @@ async fn racing_creates_never_share_a_gpu(backend: Backend) {
         assert!(held.iter().all(|row| allocation["node_id"] == row.0.as_str()));
     }
     assert!((62..=64).contains(&gpus), "placement fills the fleet: {gpus}");
-    // The nodes' free counts agree with their slots.
-    let drift: i64 = gpuaas_store::sqlx::query_scalar(
-        "SELECT COUNT(*) FROM nodes n WHERE n.free_gpus <> \
-         (SELECT COUNT(*) FROM node_resource_slots r WHERE r.node_id = n.id AND r.allocation_id IS NULL)",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(drift, 0);
+    assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
 }
 
 /// What the world may do to an allocation next.
@@ -514,12 +517,5 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
         }
         step(&app).await;
     }
-    let drift: i64 = gpuaas_store::sqlx::query_scalar(
-        "SELECT COUNT(*) FROM nodes n WHERE n.free_gpus <> \
-         (SELECT COUNT(*) FROM node_resource_slots r WHERE r.node_id = n.id AND r.allocation_id IS NULL)",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(drift, 0);
+    assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
 }
