@@ -458,7 +458,10 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
     set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 1_000).await;
     set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 1_000).await;
     set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT, 1_000).await;
+    // Hundreds of reads and writes from one user in a few seconds: lift the rate limits
+    // before their buckets exist.
     set_policy(&app, keys::RATELIMIT_WRITE_BURST, 10_000).await;
+    set_policy(&app, keys::RATELIMIT_READ_BURST, 10_000).await;
     let world = world(&app, 10_000_000).await;
     let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
     for _ in 0..24 {
