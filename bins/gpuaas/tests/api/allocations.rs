@@ -266,6 +266,19 @@ async fn creating_refuses_what_cannot_be_served(backend: Backend) {
     set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 2).await;
     create(&app, &world, 1).await;
     envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 1)).await, 429, "allocation_limit_reached").await;
+    // Each cap stands on its own: the project's, then the tenant's.
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 100).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 2).await;
+    let limited =
+        envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 1)).await, 429, "allocation_limit_reached")
+            .await;
+    assert!(text(&limited["error"]["message"]).contains("project"), "{limited}");
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 100).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT, 2).await;
+    let limited =
+        envelope(app.post(ALLOCATIONS, &world.user, create_body(&world, 1)).await, 429, "allocation_limit_reached")
+            .await;
+    assert!(text(&limited["error"]["message"]).contains("tenant"), "{limited}");
 
     // Scoping: bob sees nothing of alice's.
     let id = text(&first["id"]);

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
+use gpuaas_kernel::{ResourceIdFormat, ResourceType};
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{Migration, Store};
 
@@ -156,12 +156,7 @@ impl Iam {
         resource_type: ResourceType,
         id: &str,
     ) -> String {
-        let format = &self.inner.config.resource_ids;
-        match ResourceId::new(format.region(), tenant, project, resource_type, id) {
-            Ok(resource) => resource.format(format),
-            // Our own ids are UUIDs and always valid; keep the row rather than lose it.
-            Err(_) => format!("{}:{id}", resource_type.as_str()),
-        }
+        self.inner.config.resource_ids.name(tenant, project, resource_type, id)
     }
 }
 

@@ -301,6 +301,16 @@ impl ResourceIdFormat {
         &self.region
     }
 
+    /// The canonical text of a resource in this installation's region, as audit rows
+    /// and events name it. Ids the platform generates always fit; anything else keeps
+    /// a plain `type:id` rather than losing the row that names it.
+    pub fn name(&self, tenant: Option<&str>, project: Option<&str>, resource_type: ResourceType, id: &str) -> String {
+        match ResourceId::new(self.region(), tenant, project, resource_type, id) {
+            Ok(resource) => resource.format(self),
+            Err(_) => format!("{}:{id}", resource_type.as_str()),
+        }
+    }
+
     /// Parses `text` written under this format's prefix. Any valid region is accepted
     /// (an id may name a resource in another region); compare [`ResourceId::region`]
     /// with [`ResourceIdFormat::region`] where only local resources make sense.
@@ -394,6 +404,16 @@ mod tests {
         assert!(matches!(ResourceIdFormat::default().parse(&text), Err(ResourceIdError::WrongPrefix { .. })));
         // Half of a compound prefix is not enough.
         assert!(matches!(format.parse("core42:uae-1:t:p:ssh_key:k"), Err(ResourceIdError::WrongPrefix { .. })));
+    }
+
+    #[test]
+    fn names_are_canonical_in_the_local_region_and_never_lost() {
+        let format = ok(ResourceIdFormat::new("core42:aicloud", "uae-1"));
+        let name = format.name(Some("t"), None, ResourceType::Allocation, "a1");
+        assert_eq!(format.parse(&name).map(|id| id.id().to_owned()), Ok("a1".to_owned()));
+        assert!(name.starts_with("core42:aicloud:uae-1:t:"), "{name}");
+        // An id that cannot be a segment still names its resource.
+        assert_eq!(format.name(None, None, ResourceType::Allocation, "a b"), "allocation:a b");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod workflow;
 use std::sync::Arc;
 
 use gpuaas_inventory::NodePlane;
-use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
+use gpuaas_kernel::{ResourceIdFormat, ResourceType};
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{Migration, Store};
 use tokio::sync::Notify;
@@ -72,11 +72,7 @@ impl Allocations {
 
     /// The canonical id of an allocation, as audit rows name it.
     pub(crate) fn resource_id(&self, id: &str) -> String {
-        let format = &self.inner.resource_ids;
-        match ResourceId::new(format.region(), None::<&str>, None::<&str>, ResourceType::Allocation, id) {
-            Ok(resource) => resource.format(format),
-            Err(_) => format!("{}:{id}", ResourceType::Allocation.as_str()),
-        }
+        self.inner.resource_ids.name(None, None, ResourceType::Allocation, id)
     }
 
     /// Tells this process's workflow runner to look for due work now.

@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use gpuaas_kernel::cursor::MAX_PAGE_LIMIT;
-use gpuaas_kernel::{Cursor, PageError, ResourceId, ResourceType, Timestamp, new_id};
+use gpuaas_kernel::{Cursor, PageError, ResourceType, Timestamp, new_id};
 use gpuaas_store::sqlx::{self, Row as _};
 use gpuaas_store::{Dialect, Row};
 use serde::Serialize;
@@ -312,12 +312,8 @@ impl Allocations {
     /// The canonical id of a key, as audit rows name it: in the owner's tenant when the
     /// owner is the one acting.
     fn ssh_key_target(&self, actor: &Actor, user_id: &str, id: &str) -> String {
-        let format = &self.inner.resource_ids;
         let tenant = actor.tenant_id.as_deref().filter(|_| actor.id == user_id);
-        match ResourceId::new(format.region(), tenant, None::<&str>, ResourceType::SshKey, id) {
-            Ok(resource) => resource.format(format),
-            Err(_) => format!("{}:{id}", ResourceType::SshKey.as_str()),
-        }
+        self.inner.resource_ids.name(tenant, None, ResourceType::SshKey, id)
     }
 
     /// Registers `public_key` for `user_id` under `name`.

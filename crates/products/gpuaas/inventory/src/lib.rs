@@ -18,7 +18,7 @@ pub mod tasks;
 
 use std::sync::Arc;
 
-use gpuaas_kernel::{ResourceId, ResourceIdFormat, ResourceType};
+use gpuaas_kernel::{ResourceIdFormat, ResourceType};
 use gpuaas_nodeagent_protocol::TaskSigner;
 use gpuaas_pki::CaClient;
 use gpuaas_policy::PolicyClient;
@@ -106,11 +106,7 @@ impl NodePlane {
 
     /// The canonical id of a node-plane resource, as audit rows and events name it.
     pub(crate) fn resource_id(&self, resource_type: ResourceType, id: &str) -> String {
-        let format = &self.inner.config.resource_ids;
-        match ResourceId::new(format.region(), None::<&str>, None::<&str>, resource_type, id) {
-            Ok(resource) => resource.format(format),
-            Err(_) => format!("{}:{id}", resource_type.as_str()),
-        }
+        self.inner.config.resource_ids.name(None, None, resource_type, id)
     }
 }
 
