@@ -61,7 +61,7 @@ function Gate() {
           <Route path="allocations/:allocationId" element={<AllocationDetail />} />
           <Route path="ssh-keys" element={<SshKeys />} />
           <Route path="billing" element={<Billing />} />
-          <Route path="billing/return" element={<CheckoutReturn />} />
+          <Route path="billing/top-up/:outcome" element={<CheckoutReturn />} />
           <Route path="admin/users" element={<RequireRole role="admin"><AdminUsers /></RequireRole>} />
           <Route path="admin/users/:userId" element={<RequireRole role="billing"><AdminUserDetail /></RequireRole>} />
           <Route path="admin/payments" element={<RequireRole role="billing"><AdminPayments /></RequireRole>} />
