@@ -158,3 +158,30 @@ EOF
     step "postgres: ready at $GPUAAS_TEST_POSTGRES_URL ($((SECONDS - started_at)) s)"
 }
 
+
+# ---------------------------------------------------------------- web portal
+
+# Node.js 20.19+ and npm run the portal's toolchain; Debian's nodejs is too old, so
+# this only checks.
+ensure_node() {
+    command -v node >/dev/null 2>&1 || die "node not found; install Node.js 20.19 or newer"
+    command -v npm >/dev/null 2>&1 || die "npm not found; install npm with Node.js"
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>20||(a===20&&b>=19)?0:1)' ||
+        die "node $(node --version) is too old; the portal needs 20.19 or newer"
+}
+
+# Installs the portal's packages when package-lock.json changed since the last install.
+portal_deps() {
+    if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+        step "npm ci (web/)"
+        (cd web && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+    fi
+}
+
+# Builds the portal into web/dist (type check, layering check, bundle budget).
+build_portal() {
+    ensure_node
+    portal_deps
+    step "npm run build (web/)"
+    (cd web && npm run --silent build </dev/null)
+}
