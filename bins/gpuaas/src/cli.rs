@@ -33,6 +33,9 @@ pub enum Command {
         /// Address of the mTLS listener node agents connect to (default 127.0.0.1:8443).
         #[arg(long, value_name = "HOST:PORT")]
         internal_listen: Option<String>,
+        /// The built web portal served at `/` (default web/dist).
+        #[arg(long, value_name = "DIR")]
+        portal_dir: Option<PathBuf>,
     },
     /// Run in production mode: DATABASE_URL (PostgreSQL), NATS_URL (JetStream).
     Serve {
@@ -44,6 +47,9 @@ pub enum Command {
         /// What this process runs; repeat for several. Default: all.
         #[arg(long = "role", value_enum)]
         roles: Vec<Role>,
+        /// The built web portal served at `/` (default web/dist).
+        #[arg(long, value_name = "DIR")]
+        portal_dir: Option<PathBuf>,
     },
     /// Apply pending database migrations (idempotent).
     Migrate {
@@ -215,7 +221,7 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
             print!("{}", crate::openapi::document_json());
             return ExitCode::SUCCESS;
         }
-        Command::Up { data_dir, listen, internal_listen } => (
+        Command::Up { data_dir, listen, internal_listen, portal_dir } => (
             Mode::Embedded,
             CliOverrides {
                 config_file: cli.config.clone(),
@@ -223,9 +229,10 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
                 data_dir: data_dir.clone(),
                 roles: vec![],
                 internal_listen: internal_listen.clone(),
+                portal_dir: portal_dir.clone(),
             },
         ),
-        Command::Serve { listen, internal_listen, roles } => (
+        Command::Serve { listen, internal_listen, roles, portal_dir } => (
             Mode::Production,
             CliOverrides {
                 config_file: cli.config.clone(),
@@ -233,6 +240,7 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
                 data_dir: None,
                 roles: roles.clone(),
                 internal_listen: internal_listen.clone(),
+                portal_dir: portal_dir.clone(),
             },
         ),
         // Handled by `dispatch` before any server configuration is read.
@@ -262,6 +270,7 @@ async fn dispatch_platform(cli: Cli) -> ExitCode {
                     data_dir: data_dir.clone(),
                     roles: vec![],
                     internal_listen: None,
+                    portal_dir: None,
                 },
             )
         }

@@ -55,6 +55,7 @@ struct FileConfig {
     internal_url: Option<String>,
     pki_dir: Option<PathBuf>,
     stripe: Option<FileStripe>,
+    portal_dir: Option<PathBuf>,
 }
 
 /// `[stripe]` in the TOML file.
@@ -113,6 +114,7 @@ pub struct CliOverrides {
     pub data_dir: Option<PathBuf>,
     pub roles: Vec<Role>,
     pub internal_listen: Option<String>,
+    pub portal_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -143,6 +145,9 @@ pub struct Config {
     pub pki_dir: PathBuf,
     /// None: payment endpoints answer 503 `payments_not_configured`.
     pub stripe: Option<StripeSettings>,
+    /// The built web portal (`index.html` and its assets), served at `/`. A missing
+    /// directory is not an error: `/` then explains how to build the portal.
+    pub portal_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Config {
@@ -164,6 +169,7 @@ impl std::fmt::Debug for Config {
             .field("internal_url", &self.internal_url)
             .field("pki_dir", &self.pki_dir)
             .field("stripe_api_base", &self.stripe.as_ref().map(|s| s.api_base.as_str()))
+            .field("portal_dir", &self.portal_dir)
             .finish()
     }
 }
@@ -178,6 +184,9 @@ impl Config {
     pub const DEFAULT_DATA_DIR: &'static str = "./.gpuaas";
     pub const DEFAULT_INTERNAL_LISTEN: &'static str = "127.0.0.1:8443";
     pub const DEFAULT_STRIPE_API_BASE: &'static str = "https://api.stripe.com";
+    /// Where `npm --prefix web run build` writes the portal, relative to the working
+    /// directory (the repository root for `./scripts/up`).
+    pub const DEFAULT_PORTAL_DIR: &'static str = "web/dist";
 
     /// Loads from the real process environment.
     pub fn load(mode: Mode, cli: &CliOverrides) -> Result<Self, ConfigError> {
@@ -427,6 +436,16 @@ impl Config {
             }
         };
 
+        let portal_dir = cli
+            .portal_dir
+            .clone()
+            .or_else(|| env_or(&["GPUAAS_PORTAL_DIR"]).map(PathBuf::from))
+            .or(file.portal_dir)
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_PORTAL_DIR));
+        if portal_dir.as_os_str().is_empty() {
+            problems.push("portal_dir: must not be empty".to_owned());
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -449,6 +468,7 @@ impl Config {
             internal_url,
             pki_dir,
             stripe,
+            portal_dir,
         })
     }
 
@@ -588,6 +608,27 @@ mod tests {
         let error = load(Mode::Embedded, &CliOverrides::default(), &env).err().unwrap_or_else(|| panic!("accepted"));
         let text = error.to_string();
         assert!(text.contains("GPUAAS_ADMIN_PASSWORD") && text.contains("oidc.client_id"), "{text}");
+    }
+
+    #[test]
+    fn portal_dir_comes_from_file_then_env_then_flag() {
+        let config = load(Mode::Embedded, &CliOverrides::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.portal_dir, PathBuf::from("web/dist"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("gpuaas.toml");
+        std::fs::write(&path, "portal_dir = \"/srv/file-portal\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut cli = CliOverrides { config_file: Some(path), ..Default::default() };
+        let from_file = load(Mode::Production, &cli, &[("DATABASE_URL", "postgres://db/x")]);
+        assert_eq!(from_file.map(|c| c.portal_dir).ok(), Some(PathBuf::from("/srv/file-portal")));
+        let env = [("DATABASE_URL", "postgres://db/x"), ("GPUAAS_PORTAL_DIR", "/srv/env-portal")];
+        let from_env = load(Mode::Production, &cli, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_env.portal_dir, PathBuf::from("/srv/env-portal"));
+        cli.portal_dir = Some(PathBuf::from("/srv/flag-portal"));
+        let from_flag = load(Mode::Production, &cli, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_flag.portal_dir, PathBuf::from("/srv/flag-portal"));
+        cli.portal_dir = Some(PathBuf::new());
+        let error = load(Mode::Production, &cli, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("portal_dir"), "{error}");
     }
 
     #[test]

@@ -158,7 +158,15 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
             nodes: nodes.clone(),
             payments,
             allocations: allocations.clone(),
+            portal: crate::api::portal::Portal::new(&config.portal_dir),
+            secure_cookies: config.public_url.starts_with("https://"),
         };
+        let portal_dir = std::path::absolute(&config.portal_dir).unwrap_or_else(|_| config.portal_dir.clone());
+        if state.portal.is_built() {
+            tracing::info!(dir = %portal_dir.display(), "serving the web portal");
+        } else {
+            tracing::info!(dir = %portal_dir.display(), "web portal not built (no index.html); `/` says how to build it");
+        }
         let app = router(state.clone(), axum::Router::new()).await?;
         let internal_app = crate::api::internal::router(state, crate::api::max_body_bytes(&policy).await?);
         let identity = nodes

@@ -9,6 +9,7 @@ pub mod error;
 pub mod internal;
 pub mod nodes;
 pub mod payments;
+pub mod portal;
 pub mod projects;
 pub mod reconciliation;
 pub mod security;
@@ -19,9 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use gpuaas_events::EventBus;
 use gpuaas_http::idempotency::{IdempotencySettings, IdempotencySettingsSource, IdempotencyState};
 use gpuaas_http::ratelimit::{
@@ -53,6 +54,11 @@ pub struct AppState {
     pub payments: gpuaas_payments::Payments,
     /// SSH keys, allocations and their provisioning workflow.
     pub allocations: gpuaas_allocations::Allocations,
+    /// The built web portal, served at `/` and for every client-side route.
+    pub portal: portal::Portal,
+    /// The public URL is https: the browser-session cookie is always `Secure`. Behind a
+    /// TLS-terminating proxy that says `X-Forwarded-Proto: https` it is `Secure` anyway.
+    pub secure_cookies: bool,
 }
 
 /// Reads per-class bucket limits from policy (the policy client caches). A policy read
@@ -111,7 +117,7 @@ pub fn route_table() -> RouteTable {
     };
     const NODE: &str = "/api/v1/admin/nodes/{node_id}";
     RouteTable::default()
-        .add(Method::GET, "/", Public, landing)
+        .add(Method::GET, "/", Public, portal_index)
         .add(Method::GET, "/metrics", Public, metrics)
         .add(Method::GET, "/api/v1/healthz", Public, healthz)
         .add(Method::GET, "/api/v1/readyz", Public, readyz)
@@ -124,6 +130,10 @@ pub fn route_table() -> RouteTable {
         .add(Method::POST, "/api/v1/auth/logout", Public, auth::logout)
         .add(Method::GET, "/api/v1/auth/oidc/authorize", Public, auth::oidc_authorize)
         .add(Method::POST, "/api/v1/auth/oidc/exchange", Public, auth::oidc_exchange)
+        .add(Method::POST, "/api/v1/auth/session/login", Public, auth::session_login)
+        .add(Method::POST, "/api/v1/auth/session/refresh", Public, auth::session_refresh)
+        .add(Method::POST, "/api/v1/auth/session/logout", Public, auth::session_logout)
+        .add(Method::POST, "/api/v1/auth/session/oidc/exchange", Public, auth::session_oidc_exchange)
         .add(Method::POST, "/api/v1/auth/service-accounts/token", Public, auth::service_account_token)
         .add(Method::GET, "/api/v1/users/me", Authenticated, projects::me)
         .add(Method::GET, "/api/v1/projects", Authenticated, projects::list_projects)
@@ -217,18 +227,20 @@ pub async fn router(state: AppState, extra: Router<AppState>) -> Result<Router, 
     let api = route_table()
         .into_router()
         .merge(extra)
-        .fallback(route_not_found)
+        .fallback(portal_or_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     // Outermost first on the way in: correlation id, envelope guard, body limit, no
-    // credentials in URLs, authentication (sets the principal), rate limit and
-    // idempotency (both keyed by that principal), then the per-route permission guard.
+    // credentials in URLs, authentication (sets the principal), rate limit, the
+    // browser-session CSRF guard, idempotency (rate limit and idempotency both keyed by
+    // that principal), then the per-route permission guard.
     let rate_limits = RateLimitState {
         limiter: state.rate_limiter.clone(),
         settings: Arc::new(PolicyRateLimits(state.policy.clone())),
     };
     Ok(api
         .layer(axum::middleware::from_fn_with_state(idempotency, gpuaas_http::idempotency::layer))
+        .layer(axum::middleware::from_fn(security::guard_browser_sessions))
         .layer(axum::middleware::from_fn_with_state(rate_limits, gpuaas_http::ratelimit::layer))
         .layer(axum::middleware::from_fn_with_state(state, security::authenticate))
         .layer(axum::middleware::from_fn(security::refuse_credentials_in_url))
@@ -239,6 +251,15 @@ pub async fn router(state: AppState, extra: Router<AppState>) -> Result<Router, 
 
 async fn route_not_found() -> ApiError {
     ApiError::new(ErrCode::RouteNotFound, "no endpoint at this path")
+}
+
+/// Reads outside the API are the portal's (its files, else its client-side routes);
+/// anything else keeps the JSON 404.
+async fn portal_or_not_found(State(state): State<AppState>, request: Request) -> Response {
+    if portal::Portal::handles(request.method(), request.uri().path()) {
+        return state.portal.serve(request).await;
+    }
+    route_not_found().await.into_response()
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -357,14 +378,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-/// A minimal landing page pointing at the API and its contract.
+/// The web portal. Every other path outside `/api/`, `/metrics` and `/.well-known/`
+/// is the portal's too: a file of the built portal, else its `index.html`. When the
+/// portal is not built, a page saying how to build it.
 #[utoipa::path(get, path = "/", tag = "system", responses((status = 200, description = "HTML", content_type = "text/html")))]
-pub async fn landing() -> Html<&'static str> {
-    Html(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gpuaas</title></head>\
-         <body><main><h1>gpuaas control plane</h1><p>The API is served under <code>/api/v1</code>; \
-         its contract is at <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a>.</p></main></body></html>",
-    )
+pub async fn portal_index(State(state): State<AppState>, request: Request) -> Response {
+    state.portal.serve(request).await
 }
 
 /// Routes that exist only to exercise the middleware stack end to end in tests; they

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::handler::Handler;
-use axum::http::{Method, header};
+use axum::http::{HeaderName, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
@@ -162,6 +162,45 @@ pub async fn refuse_credentials_in_url(request: Request, next: Next) -> Response
                 .into_response();
             }
         }
+    }
+    next.run(request).await
+}
+
+/// Where the browser-session endpoints live; also the refresh cookie's `Path`, so the
+/// browser sends that cookie to them and to nothing else.
+pub const BROWSER_SESSION_PATH: &str = "/api/v1/auth/session";
+/// The header every browser-session request carries, with the value [`PORTAL_CLIENT`].
+pub const PORTAL_CLIENT_HEADER: HeaderName = HeaderName::from_static("x-gpuaas-client");
+pub const PORTAL_CLIENT: &str = "portal";
+
+/// CSRF guard of the endpoints that act on the refresh cookie. A page on another origin
+/// can make a browser send a cookie with a plain form POST, but not with a custom
+/// header: that needs a CORS preflight, which this server never grants. Runs before
+/// idempotency, so a refused request claims no key.
+pub async fn guard_browser_sessions(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let under = path.strip_prefix(BROWSER_SESSION_PATH).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if !under {
+        return next.run(request).await;
+    }
+    let from_portal = request.headers().get(&PORTAL_CLIENT_HEADER).is_some_and(|value| value == PORTAL_CLIENT);
+    if !from_portal {
+        return ApiError::new(
+            ErrCode::Forbidden,
+            format!("browser-session endpoints need the header `X-Gpuaas-Client: {PORTAL_CLIENT}`"),
+        )
+        .with_details(serde_json::json!({ "header": "X-Gpuaas-Client" }))
+        .into_response();
+    }
+    // Idempotency keys are scoped per principal, and every caller here is anonymous: a
+    // stored refresh answer would be replayed to anyone presenting the same key, and a
+    // replay could not set the cookie anyway.
+    if request.headers().contains_key(&gpuaas_http::idempotency::HEADER) {
+        return ApiError::invalid_field(
+            "X-Idempotency-Key",
+            "browser-session endpoints do not take X-Idempotency-Key; send the request without it",
+        )
+        .into_response();
     }
     next.run(request).await
 }

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,16 +43,26 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: Router<AppState>) -> Self {
-        Self::spawn_inner(backend, extra, None).await
+        Self::spawn_inner(backend, extra, None, None).await
+    }
+
+    /// Like [`TestApp::spawn`], serving the web portal from `portal_dir`.
+    pub async fn spawn_with_portal(backend: Backend, portal_dir: &Path) -> Self {
+        Self::spawn_inner(backend, Router::new(), None, Some(portal_dir)).await
     }
 
     /// Like [`TestApp::spawn`], with payments configured against `stripe` (webhook
     /// secret [`WEBHOOK_SECRET`], API key the fake accepts).
     pub async fn spawn_with_stripe(backend: Backend, stripe: &FakeStripe) -> Self {
-        Self::spawn_inner(backend, Router::new(), Some(stripe)).await
+        Self::spawn_inner(backend, Router::new(), Some(stripe), None).await
     }
 
-    async fn spawn_inner(backend: Backend, extra: Router<AppState>, stripe: Option<&FakeStripe>) -> Self {
+    async fn spawn_inner(
+        backend: Backend,
+        extra: Router<AppState>,
+        stripe: Option<&FakeStripe>,
+        portal_dir: Option<&Path>,
+    ) -> Self {
         let database = TestDatabase::create(backend).await;
         let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
         store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
@@ -109,6 +120,10 @@ impl TestApp {
                 Some(stripe) => stripe_payments(&store, &policy, stripe),
             },
             allocations: allocations.clone(),
+            portal: gpuaas::api::portal::Portal::new(
+                portal_dir.map_or_else(|| PathBuf::from(gpuaas::config::Config::DEFAULT_PORTAL_DIR), Path::to_path_buf),
+            ),
+            secure_cookies: false,
         };
         let internal_app = gpuaas::api::internal::router(state.clone(), 1 << 20);
         tokio::spawn(gpuaas::api::internal::serve(

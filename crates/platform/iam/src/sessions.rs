@@ -23,6 +23,10 @@ pub struct SessionTokens {
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// Seconds until the refresh token expires. Left out of the JSON answer, whose
+    /// shape clients already rely on; a browser session gives its cookie this lifetime.
+    #[serde(skip)]
+    pub refresh_expires_in: u64,
 }
 
 /// Longest refresh token text accepted; ours are 43 characters.
@@ -77,7 +81,13 @@ impl Iam {
         .bind(now.saturating_add(refresh_ttl).as_micros())
         .execute(self.store().pool())
         .await?;
-        Ok(SessionTokens { access_token, refresh_token, token_type: "Bearer".into(), expires_in: access_ttl.as_secs() })
+        Ok(SessionTokens {
+            access_token,
+            refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: access_ttl.as_secs(),
+            refresh_expires_in: refresh_ttl.as_secs(),
+        })
     }
 
     /// Email + password sign-in. Consecutive failures lock the account per policy;

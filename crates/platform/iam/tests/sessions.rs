@@ -32,6 +32,9 @@ async fn bootstrap_admin_signs_in(backend: Backend) {
     let session = env.iam.login(" Admin@GPUAAS.test ", PASSWORD, CORR).await.unwrap();
     assert_eq!(session.token_type, "Bearer");
     assert_eq!(session.expires_in, 900, "the access-token lifetime policy");
+    assert_eq!(session.refresh_expires_in, 2_592_000, "the refresh-token lifetime policy");
+    let answer = serde_json::to_value(&session).unwrap();
+    assert!(answer.get("refresh_expires_in").is_none(), "the JSON answer keeps its shape: {answer}");
     let ctx = env.iam.authenticate(&session.access_token).await.unwrap();
     assert_eq!(ctx.actor_type, ActorType::User);
     assert_eq!(ctx.actor_id, created.id);
