@@ -14,6 +14,7 @@ use utoipa::OpenApi;
         crate::api::portal_index,
         crate::api::auth::openid_configuration,
         crate::api::auth::jwks,
+        crate::api::auth::sign_in_methods,
         crate::api::auth::login,
         crate::api::auth::refresh,
         crate::api::auth::logout,

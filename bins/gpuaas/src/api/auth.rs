@@ -157,6 +157,21 @@ pub async fn service_account_token(
     Ok(Json(token))
 }
 
+/// The sign-in methods this installation offers, so a sign-in page shows only those.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignInMethods {
+    /// Email and password (policy `auth.personal_login.enabled`).
+    pub password: bool,
+    /// An external OIDC provider: start at `GET /api/v1/auth/oidc/authorize`.
+    pub oidc: bool,
+}
+
+/// Which sign-in methods are available.
+#[utoipa::path(get, path = "/api/v1/auth/providers", tag = "auth", responses((status = 200, body = SignInMethods)))]
+pub async fn sign_in_methods(State(state): State<AppState>) -> HandlerResult<Json<SignInMethods>> {
+    Ok(Json(SignInMethods { password: state.iam.password_login_enabled().await?, oidc: state.iam.oidc_enabled() }))
+}
+
 /// OpenID Provider metadata of the built-in issuer.
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "auth", responses((status = 200, description = "OpenID Provider metadata")))]
 pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_json::Value> {

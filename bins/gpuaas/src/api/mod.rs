@@ -125,6 +125,7 @@ pub fn route_table() -> RouteTable {
         .add(Method::GET, "/api/v1/openapi.json", Public, openapi_document)
         .add(Method::GET, "/.well-known/openid-configuration", Public, auth::openid_configuration)
         .add(Method::GET, "/api/v1/auth/jwks", Public, auth::jwks)
+        .add(Method::GET, "/api/v1/auth/providers", Public, auth::sign_in_methods)
         .add(Method::POST, "/api/v1/auth/personal/login", Public, auth::login)
         .add(Method::POST, "/api/v1/auth/token/refresh", Public, auth::refresh)
         .add(Method::POST, "/api/v1/auth/logout", Public, auth::logout)

@@ -245,7 +245,19 @@ async fn oidc_exchange_for_the_portal_is_guarded_and_needs_a_provider(backend: B
     envelope(disabled, 403, "feature_disabled").await;
 }
 
+async fn the_sign_in_page_learns_which_methods_exist(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let providers = || async {
+        let response = app.client.get(app.url("/api/v1/auth/providers")).send().await.unwrap_or_else(|e| panic!("{e}"));
+        json(response, 200).await
+    };
+    assert_eq!(providers().await, serde_json::json!({"password": true, "oidc": false}));
+    app.policy.set(keys::AUTH_PERSONAL_LOGIN_ENABLED, &false).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(providers().await, serde_json::json!({"password": false, "oidc": false}));
+}
+
 gpuaas_testkit::both_backends!(
+    the_sign_in_page_learns_which_methods_exist,
     cookie_login_keeps_the_refresh_token_out_of_reach,
     cookie_refresh_rotates_and_refuses_the_old_cookie,
     cookie_logout_revokes_and_clears,

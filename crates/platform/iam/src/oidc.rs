@@ -127,6 +127,11 @@ pub fn map_role(roles: &[String]) -> GlobalRole {
 }
 
 impl Iam {
+    /// Whether an external OIDC provider is configured (the portal offers SSO then).
+    pub fn oidc_enabled(&self) -> bool {
+        self.inner.oidc.is_some()
+    }
+
     fn oidc_client(&self) -> Result<&Arc<OidcClient>, IamError> {
         self.inner
             .oidc

@@ -90,6 +90,11 @@ impl Iam {
         })
     }
 
+    /// Whether password sign-in is enabled by policy (the portal hides the form if not).
+    pub async fn password_login_enabled(&self) -> Result<bool, IamError> {
+        Ok(self.inner.policy.get(keys::AUTH_PERSONAL_LOGIN_ENABLED).await?)
+    }
+
     /// Email + password sign-in. Consecutive failures lock the account per policy;
     /// every attempt is audited.
     pub async fn login(&self, email: &str, password: &str, correlation_id: &str) -> Result<SessionTokens, IamError> {

@@ -1,22 +1,18 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { useSession } from "../../shared/auth/session";
+import { useApi } from "../../shared/data/ApiContext";
 import { ApiError, describeError } from "../../shared/data/errors";
 import { Field } from "../../shared/ui/Field";
 
-interface Providers {
-  password: boolean;
-  oidc: boolean;
-}
-
 /** Which sign-in methods this installation offers (password, and SSO when configured). */
 function useProviders() {
+  const api = useApi();
   return useQuery({
     queryKey: ["auth-providers"],
-    queryFn: async (): Promise<Providers> => {
-      const response = await fetch("/api/v1/auth/providers");
-      if (!response.ok) return { password: true, oidc: false };
-      return (await response.json()) as Providers;
+    queryFn: async () => {
+      const { data } = await api.GET("/api/v1/auth/providers");
+      return data ?? { password: true, oidc: false };
     },
     staleTime: Infinity,
   });
@@ -73,6 +69,9 @@ export function SignInPage({ reason }: { reason?: string }) {
             {reason}
           </p>
         ) : null}
+        {providers.data?.password === false ? (
+          <p className="notice">Password sign-in is disabled on this installation.</p>
+        ) : (
         <form onSubmit={(event) => void submit(event)} noValidate>
           <Field label="Email">
             {(props) => (
@@ -114,6 +113,7 @@ export function SignInPage({ reason }: { reason?: string }) {
             {busy ? "Signing in…" : "Sign in"}
           </button>
         </form>
+        )}
         {providers.data?.oidc ? (
           <>
             <p className="divider">or</p>

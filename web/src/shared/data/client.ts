@@ -67,7 +67,7 @@ export class TokenStore {
    */
   refresh(): Promise<boolean> {
     if (this.refreshing === null) {
-      this.refreshing = this.doRefresh().finally(() => {
+      this.refreshing = acrossTabs(() => this.doRefresh()).finally(() => {
         this.refreshing = null;
       });
     }
@@ -100,6 +100,18 @@ export class TokenStore {
   private emit(signedIn: boolean): void {
     for (const listener of this.listeners) listener(signedIn);
   }
+}
+
+/**
+ * Runs a refresh under a lock shared by every tab of this origin. The cookie is shared
+ * too: a second tab refreshing with a cookie the first just rotated would look like
+ * token theft to the server, which then revokes every session of the user. Waiting
+ * for the lock means the second tab sends the new cookie.
+ */
+function acrossTabs<T>(work: () => Promise<T>): Promise<T> {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  if (locks === undefined) return work();
+  return locks.request("gpuaas-session-refresh", work) as Promise<T>;
 }
 
 /** 401 codes that a fresh access token can cure. */
