@@ -30,7 +30,7 @@ const AGENT_BIN = process.env.GPUAAS_AGENT_BIN ?? join(root, "target/debug/gpuaa
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const SHOTS = process.env.GPUAAS_SCREENSHOT_DIR ?? join(root, "docs/screenshots");
 const OUTPUT = join(web, "e2e/output");
-const DIST = join(web, "dist");
+const DIST = process.env.GPUAAS_PORTAL_DIST ?? join(web, "dist");
 const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
 const ADMIN = { email: "admin@e2e.test", password: "e2e-admin-password-1" };
@@ -266,7 +266,7 @@ async function main() {
       await page.getByRole("button", { name: "Register node" }).click();
       const dialog = page.getByRole("dialog");
       await dialog.getByLabel("Hostname").fill(HOSTNAME);
-      await dialog.getByLabel("SKU").selectOption({ label: new RegExp(SKU.name) });
+      await dialog.getByLabel("SKU").selectOption(SKU.name);
       await dialog.getByRole("button", { name: "Register", exact: true }).click();
       const command = page.getByTestId("enroll-command");
       await command.waitFor();
@@ -298,7 +298,7 @@ async function main() {
 
     await step("operator creates a user and credits them", async () => {
       await visit(page, "/admin/users", "Users");
-      await page.getByRole("button", { name: /Create user/ }).click();
+      await page.getByRole("button", { name: "New user" }).click();
       const dialog = page.getByRole("dialog");
       await dialog.getByLabel("Email").fill(USER.email);
       await dialog.getByLabel("Display name").fill(USER.name);
@@ -373,7 +373,7 @@ async function main() {
       const confirm = page.getByRole("dialog");
       await confirm.getByText(/720\.00/).first().waitFor();
       await checkA11y(page, "create-allocation-confirm");
-      await confirm.getByRole("button", { name: /Create|Confirm/ }).last().click();
+      await confirm.getByRole("button", { name: "Confirm and create" }).click();
       await page.waitForURL(/\/allocations\/[0-9a-f-]{36}$/);
       allocationUrl = new URL(page.url()).pathname;
     });
@@ -401,10 +401,10 @@ async function main() {
 
     await step("user releases it with confirmation; it reaches released", async () => {
       await page.goto(allocationUrl);
-      await page.getByRole("button", { name: /^Release/ }).click();
+      await page.getByRole("button", { name: "Release", exact: true }).click();
       const confirm = page.getByRole("dialog");
       await checkA11y(page, "release-confirm");
-      await confirm.getByRole("button", { name: /Release/ }).last().click();
+      await confirm.getByRole("button", { name: "Release allocation" }).click();
       await page.getByTestId("allocation-status").filter({ hasText: /^released$/ }).waitFor({ timeout: 60_000 });
     });
 

@@ -41,6 +41,13 @@ export class ApiError extends Error {
   }
 }
 
+/** An ApiError from any thrown value. */
+export function toApiError(error: unknown): ApiError {
+  return error instanceof ApiError
+    ? error
+    : new ApiError({ status: -1, code: "client_error", message: error instanceof Error ? error.message : String(error) });
+}
+
 /** `Retry-After` is either delta-seconds or an HTTP date. */
 export function parseRetryAfter(value: string | null, now: number = Date.now()): number | null {
   if (value === null || value.trim() === "") return null;

@@ -22,9 +22,20 @@ export function CopyButton({ text, label = "Copy" }: { text: string; label?: str
     announce("Copied to the clipboard");
     window.setTimeout(() => setCopied(false), 2000);
   }
+  // The visible text stays the accessible name (a changing label that no longer
+  // matches its aria-label is an accessibility failure); "Copied" is shown beside it
+  // and announced.
   return (
-    <button type="button" className="button button-small" onClick={() => void copy()} aria-label={label}>
-      {copied ? "Copied" : "Copy"}
-    </button>
+    <>
+      <button type="button" className="button button-small" onClick={() => void copy()}>
+        {label}
+      </button>
+      {copied ? (
+        <span className="muted" aria-hidden="true">
+          {" "}
+          Copied
+        </span>
+      ) : null}
+    </>
   );
 }
