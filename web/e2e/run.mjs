@@ -298,7 +298,7 @@ async function main() {
 
     await step("operator creates a user and credits them", async () => {
       await visit(page, "/admin/users", "Users");
-      await page.getByRole("button", { name: "New user" }).click();
+      await page.getByRole("button", { name: "Create user" }).click();
       const dialog = page.getByRole("dialog");
       await dialog.getByLabel("Email").fill(USER.email);
       await dialog.getByLabel("Display name").fill(USER.name);
@@ -414,7 +414,7 @@ async function main() {
       await page.getByRole("heading", { name: "Ledger" }).waitFor();
       await eventually("a usage debit in the ledger", async () => {
         await visit(page, "/billing", "Billing");
-        return (await page.getByText(/usage/i).count()) > 0 && (await page.getByText("usage_debit").or(page.getByText(/usage debit/i)).count()) > 0;
+        return (await page.locator(`[data-entry-type="usage_debit"]`).count()) > 0;
       });
       const balance = (await page.getByTestId("balance").textContent()) ?? "";
       if (balance.includes("100.00")) throw new Error(`balance ${balance} shows no charge`);

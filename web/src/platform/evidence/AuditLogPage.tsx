@@ -9,14 +9,14 @@ import type { components } from "../../shared/api/schema";
 import { useApi, useApiContext } from "../../shared/data/ApiContext";
 import { unwrap } from "../../shared/data/client";
 import { downloadExport } from "../../shared/data/download";
-import { ApiError, describeError } from "../../shared/data/errors";
 import { formatDateTime, shortId } from "../../shared/i18n/format";
 import { useAnnounce } from "../../shared/ui/Announcer";
-import { CopyButton } from "../../shared/ui/CopyButton";
 import { Field } from "../../shared/ui/Field";
 import { Page, StatusBadge } from "../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../shared/ui/Pager";
 import { Empty, QueryView } from "../../shared/ui/states";
+import { ActionError } from "../../shared/ui/ActionError";
+import { ApiError } from "../../shared/data/errors";
 
 type AuditLog = components["schemas"]["AuditLog"];
 
@@ -61,35 +61,6 @@ function fromLocalInput(value: string, end = false): string | undefined {
   if (Number.isNaN(date.getTime())) return undefined;
   if (end) date.setSeconds(59, 999);
   return date.toISOString();
-}
-
-function asApiError(error: unknown): ApiError {
-  return error instanceof ApiError
-    ? error
-    : new ApiError({ status: -1, code: "client_error", message: error instanceof Error ? error.message : String(error) });
-}
-
-/** A failed action (the export), next to its button, with the correlation id. */
-function ActionError({ error, what }: { error: unknown; what: string }) {
-  const apiError = asApiError(error);
-  const { title, advice } = describeError(apiError);
-  return (
-    <div className="form-error" role="alert" data-error-code={apiError.code}>
-      <p>
-        <strong>
-          {what}: {title}
-        </strong>
-      </p>
-      <p>{apiError.message}</p>
-      <p>{advice}</p>
-      {apiError.correlationId ? (
-        <p className="correlation">
-          Correlation id: <code data-testid="correlation-id">{apiError.correlationId}</code>{" "}
-          <CopyButton text={apiError.correlationId} label="Copy correlation id" />
-        </p>
-      ) : null}
-    </div>
-  );
 }
 
 /** API field names in 400s (`actor_id` from the filter check) → the form's fields. */

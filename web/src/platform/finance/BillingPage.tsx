@@ -14,7 +14,7 @@ import { Field } from "../../shared/ui/Field";
 import { Page } from "../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../shared/ui/Pager";
 import { Empty, ErrorPanel, Loading, QueryView } from "../../shared/ui/states";
-import { FormError, ShortId, toApiError, useActionKey } from "./forms";
+import { ShortId } from "./forms";
 import {
   DEFAULT_CURRENCIES,
   ENTRY_TYPES,
@@ -27,6 +27,9 @@ import {
 } from "./money";
 import { SpendChart } from "./SpendChart";
 import { balanceText, useBalance } from "./balance";
+import { ActionError } from "../../shared/ui/ActionError";
+import { toApiError } from "../../shared/data/errors";
+import { useActionKey } from "../../shared/data/actionKey";
 
 const PAGE_LIMIT = 50;
 
@@ -205,7 +208,7 @@ function TopUpForm({ accountCurrency }: { accountCurrency: string | null }) {
           {currencyError}
         </p>
       ) : null}
-      {error && !handled ? <FormError error={error} /> : null}
+      {error && !handled ? <ActionError error={error} /> : null}
       {error && handled && error.code !== "payments_not_configured" && error.correlationId ? (
         <p className="correlation">
           Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
@@ -309,7 +312,19 @@ function LedgerSection() {
   );
 }
 
+/** SKU names by id, so usage rows read "H100 80GB x8" rather than an id. */
+function useSkuNames(): Map<string, string> {
+  const api = useApi();
+  const skus = useQuery({
+    queryKey: ["skus"],
+    queryFn: () => unwrap(api.GET("/api/v1/skus")),
+    staleTime: 60_000,
+  });
+  return new Map((skus.data?.items ?? []).map((sku) => [sku.id, sku.display_name || sku.name]));
+}
+
 function UsageSection() {
+  const skuNames = useSkuNames();
   const api = useApi();
   const { authFetch } = useApiContext();
   const announce = useAnnounce();
@@ -338,7 +353,7 @@ function UsageSection() {
           {exportCsv.isPending ? "Exporting…" : "Export usage as CSV"}
         </button>
       </div>
-      {exportCsv.error ? <FormError error={exportCsv.error} /> : null}
+      {exportCsv.error ? <ActionError error={exportCsv.error} /> : null}
       <QueryView
         query={query}
         loadingLabel="Loading usage"
@@ -381,7 +396,7 @@ function UsageSection() {
                           <ShortId value={record.allocation_id} prefix="Allocation" />
                         </Link>
                       </td>
-                      <td>{record.sku_id}</td>
+                      <td>{skuNames.get(record.sku_id) ?? <ShortId value={record.sku_id} prefix="SKU" />}</td>
                       <td className="num">{record.gpu_count}</td>
                       <td>{formatDateTime(record.started_at)}</td>
                       <td>{record.ended_at ? formatDateTime(record.ended_at) : "running"}</td>

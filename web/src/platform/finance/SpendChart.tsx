@@ -146,8 +146,12 @@ function BarChart({ series, currency, title }: { series: DaySpend[]; currency: s
         return (
           <g key={day.key}>
             <rect className="bar" x={x} y={top + plotHeight - barHeight} width={barWidth} height={barHeight} />
-            {index % labelEvery === 0 || index === series.length - 1 ? (
-              <text x={x + barWidth / 2} y={height - 8} textAnchor="middle">
+            {(index % labelEvery === 0 && series.length - 1 - index >= labelEvery / 2 + 1) || index === series.length - 1 ? (
+              <text
+                x={index === series.length - 1 ? x + barWidth : index === 0 ? x : x + barWidth / 2}
+                y={height - 8}
+                textAnchor={index === series.length - 1 ? "end" : index === 0 ? "start" : "middle"}
+              >
                 {dayLabel.format(day.date)}
               </text>
             ) : null}

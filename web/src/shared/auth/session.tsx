@@ -2,7 +2,8 @@ import { createContext, useCallback, useContext, useEffect, useMemo, useState, t
 import { useQueryClient } from "@tanstack/react-query";
 import type { components } from "../api/schema";
 import { useApiContext } from "../data/ApiContext";
-import { sessionLogin, sessionLogout, sessionOidcExchange, unwrap } from "../data/client";
+import { retryDelay, sessionLogin, sessionLogout, sessionOidcExchange, unwrap } from "../data/client";
+import { describeError, toApiError } from "../data/errors";
 
 export type Me = components["schemas"]["Me"];
 
@@ -39,20 +40,31 @@ export function SessionProvider({ children }: { children: ReactNode }) {
     setState({ status: "signed-in", me });
   }, [api]);
 
+  // Resume the session from the refresh cookie. A failure that is not a refusal
+  // (network, 5xx, 429) says what happened and tries again after the server's delay.
   useEffect(() => {
     let cancelled = false;
-    tokens
-      .refresh()
-      .then(async (ok) => {
-        if (cancelled) return;
-        if (ok) await loadMe();
-        else setState({ status: "signed-out" });
-      })
-      .catch(() => {
-        if (!cancelled) setState({ status: "signed-out", reason: "The server could not be reached." });
-      });
+    let timer = 0;
+    const attempt = (tries: number) => {
+      tokens
+        .refresh()
+        .then(async (ok) => {
+          if (cancelled) return;
+          if (ok) await loadMe();
+          else setState({ status: "signed-out" });
+        })
+        .catch((error: unknown) => {
+          if (cancelled) return;
+          const apiError = toApiError(error);
+          const { title, advice } = describeError(apiError);
+          setState({ status: "signed-out", reason: `${title}. ${advice}` });
+          if (tries < 5) timer = window.setTimeout(() => attempt(tries + 1), retryDelay(tries, apiError));
+        });
+    };
+    attempt(0);
     return () => {
       cancelled = true;
+      window.clearTimeout(timer);
     };
   }, [tokens, loadMe]);
 

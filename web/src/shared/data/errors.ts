@@ -48,6 +48,12 @@ export function toApiError(error: unknown): ApiError {
     : new ApiError({ status: -1, code: "client_error", message: error instanceof Error ? error.message : String(error) });
 }
 
+/** The server's message when a 400 names one of `fields` (for `Field`'s `error`). */
+export function fieldError(error: unknown, ...fields: string[]): string | null {
+  if (!(error instanceof ApiError) || error.field === null) return null;
+  return fields.includes(error.field) ? error.message : null;
+}
+
 /** `Retry-After` is either delta-seconds or an HTTP date. */
 export function parseRetryAfter(value: string | null, now: number = Date.now()): number | null {
   if (value === null || value.trim() === "") return null;

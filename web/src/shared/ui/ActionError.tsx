@@ -5,17 +5,37 @@ import { CopyButton } from "./CopyButton";
 /**
  * A failed action, next to the form or button that caused it: what happened, what to
  * do (with `next`, e.g. a link to Billing), and the correlation id for support.
+ * `title`/`advice` replace the generic words when the page knows better (a refund
+ * window, say); `what` names the action ("Export").
  */
-export function ActionError({ error, next, testId }: { error: unknown; next?: ReactNode; testId?: string }) {
+export function ActionError({
+  error,
+  what,
+  title,
+  advice,
+  next,
+  testId,
+  showMessage = true,
+}: {
+  error: unknown;
+  what?: string;
+  title?: string;
+  advice?: string;
+  next?: ReactNode;
+  testId?: string;
+  showMessage?: boolean;
+}) {
+  if (error === null || error === undefined) return null;
   const apiError = toApiError(error);
-  const { title, advice } = describeError(apiError);
+  const words = describeError(apiError);
+  const heading = title ?? words.title;
   return (
     <div className="form-error" role="alert" data-error-code={apiError.code} data-testid={testId}>
       <p>
-        <strong>{title}</strong>
+        <strong>{what ? `${what}: ${heading}` : heading}</strong>
       </p>
-      {apiError.message && apiError.message !== title ? <p>{apiError.message}</p> : null}
-      <p>{advice}</p>
+      {showMessage && apiError.message && apiError.message !== heading ? <p>{apiError.message}</p> : null}
+      <p>{advice ?? words.advice}</p>
       {next ? <p>{next}</p> : null}
       {apiError.correlationId ? (
         <p className="correlation">

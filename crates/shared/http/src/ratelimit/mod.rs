@@ -71,7 +71,9 @@ impl RouteClass {
     /// The path decides first (auth and admin have their own budgets whatever the
     /// method), then the method.
     pub fn classify(method: &Method, path: &str) -> RouteClass {
-        if is_under(path, "/api/v1/auth") {
+        if SESSION_UPKEEP.contains(&path) {
+            RouteClass::Read
+        } else if is_under(path, "/api/v1/auth") {
             RouteClass::Auth
         } else if is_under(path, "/api/v1/admin") {
             RouteClass::Admin
@@ -88,6 +90,13 @@ impl std::fmt::Display for RouteClass {
         f.write_str(self.as_str())
     }
 }
+
+/// Auth endpoints that are no brute-force target: refresh and logout present a random
+/// 256-bit cookie, the others are public metadata. A browser calls some of them on
+/// every page load, so they draw from the read budget; the scarce auth budget stays
+/// for password, code and secret exchanges.
+const SESSION_UPKEEP: [&str; 4] =
+    ["/api/v1/auth/session/refresh", "/api/v1/auth/session/logout", "/api/v1/auth/providers", "/api/v1/auth/jwks"];
 
 /// `path` is `prefix` itself or below it (`/api/v1/authz` is not under `/api/v1/auth`).
 fn is_under(path: &str, prefix: &str) -> bool {
@@ -278,6 +287,9 @@ mod tests {
             (Method::POST, "/api/v1/auth/token", RouteClass::Auth),
             (Method::GET, "/api/v1/auth/oidc/callback", RouteClass::Auth),
             (Method::POST, "/api/v1/auth", RouteClass::Auth),
+            (Method::POST, "/api/v1/auth/session/login", RouteClass::Auth),
+            (Method::POST, "/api/v1/auth/session/refresh", RouteClass::Read),
+            (Method::GET, "/api/v1/auth/providers", RouteClass::Read),
             (Method::GET, "/api/v1/admin/users", RouteClass::Admin),
             (Method::DELETE, "/api/v1/admin/nodes/1", RouteClass::Admin),
             (Method::GET, "/api/v1/authz", RouteClass::Read),

@@ -17,9 +17,12 @@ import { Field } from "../../../shared/ui/Field";
 import { ConfirmModal, Modal } from "../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../shared/ui/Page";
 import { QueryView } from "../../../shared/ui/states";
-import { FormError, toApiError, unwrapWithCorrelation, useActionKey } from "../../finance/forms";
+import { unwrapWithCorrelation } from "../../finance/forms";
 import { DEFAULT_CURRENCIES, amountHint, formatSignedMoney, numbersIn, parseAmount } from "../../finance/money";
 import { roleLabel, signInLabel } from "./users";
+import { ActionError } from "../../../shared/ui/ActionError";
+import { toApiError } from "../../../shared/data/errors";
+import { useActionKey } from "../../../shared/data/actionKey";
 
 type User = components["schemas"]["User"];
 type LedgerEntry = components["schemas"]["LedgerEntry"];
@@ -172,7 +175,7 @@ function AdjustBalanceModal({
             <textarea {...props} name="reason" maxLength={MAX_REASON} value={reason} onChange={(event) => setReason(event.target.value)} />
           )}
         </Field>
-        {error && !tied ? <FormError error={error} /> : null}
+        {error && !tied ? <ActionError error={error} /> : null}
         {error && tied && error.correlationId ? (
           <p className="correlation">
             Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
@@ -353,7 +356,7 @@ function RefundModal({
             <textarea {...props} name="reason" maxLength={MAX_REASON} value={reason} onChange={(event) => setReason(event.target.value)} />
           )}
         </Field>
-        {error && !tied ? <FormError error={error} {...words} /> : null}
+        {error && !tied ? <ActionError error={error} {...words} /> : null}
         {error && tied && error.correlationId ? (
           <p className="correlation">
             Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
@@ -448,7 +451,7 @@ function StatusAction({ user }: { user: User }) {
             ? "Their sessions end at once: refresh tokens are revoked and access tokens stop working. They cannot sign in until enabled again. Running allocations are not released."
             : "They can sign in and use the API again."}
         </p>
-        {change.error ? <FormError error={change.error} /> : null}
+        {change.error ? <ActionError error={change.error} /> : null}
       </ConfirmModal>
     </>
   );
@@ -498,7 +501,8 @@ export default function UserDetailPage() {
   const credits = [...operatorCredits, ...cardCredits];
   const defaultCurrency = sessions.data?.items[0]?.currency ?? DEFAULT_CURRENCIES[0];
   const subject = subjectOf(user, userId);
-  const userMissing = userQuery.error !== null && toApiError(userQuery.error).status === 404;
+  // An admin acts once the user is known to exist; a billing operator cannot read it.
+  const showMoney = admin ? user !== undefined : userId !== "";
 
   function record(result: Omit<ActionResult, "key" | "at">) {
     setResults((all) => [{ ...result, key: crypto.randomUUID(), at: new Date().toISOString() }, ...all]);
@@ -537,7 +541,7 @@ export default function UserDetailPage() {
           </>
         )}
       </section>
-      {userMissing ? null : (
+      {!showMoney ? null : (
         <section className="card" aria-labelledby="money-heading">
           <h2 id="money-heading">Balance and refunds</h2>
           <p className="muted">

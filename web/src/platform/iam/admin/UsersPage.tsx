@@ -13,8 +13,10 @@ import { Modal } from "../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../shared/ui/states";
-import { FormError, toApiError, useActionKey } from "../../finance/forms";
 import { roleLabel, signInLabel } from "./users";
+import { ActionError } from "../../../shared/ui/ActionError";
+import { toApiError } from "../../../shared/data/errors";
+import { useActionKey } from "../../../shared/data/actionKey";
 
 type User = components["schemas"]["User"];
 
@@ -120,7 +122,7 @@ function CreateUserModal({ open, onClose, onCreated }: { open: boolean; onClose:
             />
           )}
         </Field>
-        {error && !fieldError ? <FormError error={error} /> : null}
+        {error && !fieldError ? <ActionError error={error} /> : null}
         {error && fieldError && error.correlationId ? (
           <p className="correlation">
             Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>

@@ -1,9 +1,10 @@
-import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { useEffect, useId, useState, type FormEvent } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { Link, useNavigate, useSearchParams } from "react-router";
 import { useMe } from "../../../shared/auth/session";
 import { useApi } from "../../../shared/data/ApiContext";
-import { idempotencyKey, unwrap } from "../../../shared/data/client";
+import { unwrap } from "../../../shared/data/client";
+import { useActionKey } from "../../../shared/data/actionKey";
 import { ApiError } from "../../../shared/data/errors";
 import { formatMoney } from "../../../shared/i18n/format";
 import { useAnnounce } from "../../../shared/ui/Announcer";
@@ -104,7 +105,7 @@ export default function CreateAllocationPage() {
   const [unknownSku, setUnknownSku] = useState<string | null>(null);
   // One key per create action: the same draft confirmed again (a retry) reuses it,
   // a changed draft is a new action and gets a new key.
-  const attempt = useRef<{ key: string; body: string } | null>(null);
+  const actionKey = useActionKey();
   const keysFieldId = useId();
 
   const skuList = skus.data?.items ?? [];
@@ -127,7 +128,7 @@ export default function CreateAllocationPage() {
     mutationFn: ({ draft, key }: { draft: Draft; key: string }) =>
       unwrap(api.POST("/api/v1/allocations", { body: draft, headers: { "X-Idempotency-Key": key } })),
     onSuccess: (allocation) => {
-      attempt.current = null;
+      actionKey.reset();
       setConfirming(null);
       void queryClient.invalidateQueries({ queryKey: ALLOCATIONS_KEY });
       void queryClient.invalidateQueries({ queryKey: BALANCE_KEY });
@@ -141,7 +142,7 @@ export default function CreateAllocationPage() {
         setErrors({ [field]: error.message });
       }
       // A definite refusal ends this action; a network failure may be retried with the same key.
-      if (error instanceof ApiError && error.status !== 0 && error.status < 500) attempt.current = null;
+      if (error instanceof ApiError && error.status !== 0 && error.status < 500) actionKey.reset();
     },
   });
 
@@ -170,8 +171,7 @@ export default function CreateAllocationPage() {
   function confirm() {
     if (confirming === null) return;
     const body = JSON.stringify(confirming);
-    if (attempt.current === null || attempt.current.body !== body) attempt.current = { key: idempotencyKey(), body };
-    create.mutate({ draft: confirming, key: attempt.current.key });
+    create.mutate({ draft: confirming, key: actionKey.keyFor(body) });
   }
 
   /** Editing a field clears what was said about it. */

@@ -2,7 +2,8 @@ import { useRef, useState, type FormEvent } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import type { components } from "../../../shared/api/schema";
 import { useApi } from "../../../shared/data/ApiContext";
-import { idempotencyKey, unwrap } from "../../../shared/data/client";
+import { unwrap } from "../../../shared/data/client";
+import { useActionKey } from "../../../shared/data/actionKey";
 import { ApiError } from "../../../shared/data/errors";
 import { formatDateTime } from "../../../shared/i18n/format";
 import { useAnnounce } from "../../../shared/ui/Announcer";
@@ -26,7 +27,7 @@ function AddKeyForm({ onAdded }: { onAdded: () => void }) {
   const [name, setName] = useState("");
   const [publicKey, setPublicKey] = useState("");
   const [errors, setErrors] = useState<Partial<Record<KeyField, string>>>({});
-  const attempt = useRef<{ key: string; body: string } | null>(null);
+  const actionKey = useActionKey();
   const nameInput = useRef<HTMLInputElement>(null);
   const keyInput = useRef<HTMLTextAreaElement>(null);
 
@@ -34,7 +35,7 @@ function AddKeyForm({ onAdded }: { onAdded: () => void }) {
     mutationFn: ({ body, key }: { body: { name: string; public_key: string }; key: string }) =>
       unwrap(api.POST("/api/v1/ssh-keys", { body, headers: { "X-Idempotency-Key": key } })),
     onSuccess: (added) => {
-      attempt.current = null;
+      actionKey.reset();
       setName("");
       setPublicKey("");
       setErrors({});
@@ -42,7 +43,7 @@ function AddKeyForm({ onAdded }: { onAdded: () => void }) {
       onAdded();
     },
     onError: (error) => {
-      if (error instanceof ApiError && error.status !== 0 && error.status < 500) attempt.current = null;
+      if (error instanceof ApiError && error.status !== 0 && error.status < 500) actionKey.reset();
       if (error instanceof ApiError && error.status === 400 && (error.field === "name" || error.field === "public_key")) {
         setErrors({ [error.field]: error.message });
         (error.field === "name" ? nameInput : keyInput).current?.focus();
@@ -72,10 +73,7 @@ function AddKeyForm({ onAdded }: { onAdded: () => void }) {
     }
     const body = { name: name.trim(), public_key: publicKey.trim() };
     const serialized = JSON.stringify(body);
-    if (attempt.current === null || attempt.current.body !== serialized) {
-      attempt.current = { key: idempotencyKey(), body: serialized };
-    }
-    add.mutate({ body, key: attempt.current.key });
+    add.mutate({ body, key: actionKey.keyFor(serialized) });
   }
 
   return (

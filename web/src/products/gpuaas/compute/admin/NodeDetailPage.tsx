@@ -16,17 +16,10 @@ import { ConfirmModal, Modal } from "../../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../../shared/ui/states";
-import {
-  EnrollmentCommand,
-  GpuOccupancy,
-  MutationError,
-  ago,
-  asApiError,
-  formatBytes,
-  type EnrollmentTicket,
-  type NodeView,
-} from "./adminUi";
+import { EnrollmentCommand, GpuOccupancy, ago, formatBytes, type EnrollmentTicket, type NodeView } from "./adminUi";
 import { NODES_KEY } from "./RegisterNodeModal";
+import { ActionError } from "../../../../shared/ui/ActionError";
+import { toApiError } from "../../../../shared/data/errors";
 
 type NodeTask = components["schemas"]["NodeTask"];
 
@@ -337,8 +330,8 @@ function Actions({ node }: { node: NodeView }) {
     revoke.mutate(why);
   }
 
-  const retireError = retire.error ? asApiError(retire.error) : null;
-  const revokeFieldError = revoke.error && asApiError(revoke.error).field === "reason" ? asApiError(revoke.error).message : null;
+  const retireError = retire.error ? toApiError(retire.error) : null;
+  const revokeFieldError = revoke.error && toApiError(revoke.error).field === "reason" ? toApiError(revoke.error).message : null;
   const canDrain = !retired && !node.drain_requested && node.status !== "draining";
   const canResume = !retired && (node.drain_requested || node.status === "draining");
 
@@ -385,9 +378,9 @@ function Actions({ node }: { node: NodeView }) {
         </p>
       ) : null}
       {probe.error ? (
-        <MutationError
+        <ActionError
           error={probe.error}
-          what={asApiError(probe.error).status === 409 ? "The node cannot be probed before its agent enrolls" : "The probe failed"}
+          what={toApiError(probe.error).status === 409 ? "The node cannot be probed before its agent enrolls" : "The probe failed"}
         />
       ) : null}
 
@@ -400,7 +393,7 @@ function Actions({ node }: { node: NodeView }) {
         onClose={closeDialog}
       >
         <p>No new allocations will be placed on this node. Allocations already on it keep running until they are released.</p>
-        <MutationError error={drain.error} what="The node was not drained" />
+        <ActionError error={drain.error} what="The node was not drained" />
       </ConfirmModal>
 
       <ConfirmModal
@@ -412,7 +405,7 @@ function Actions({ node }: { node: NodeView }) {
         onClose={closeDialog}
       >
         <p>The node becomes schedulable again: new allocations may be placed on its free GPUs.</p>
-        <MutationError error={resume.error} what="The node was not resumed" />
+        <ActionError error={resume.error} what="The node was not resumed" />
       </ConfirmModal>
 
       <ConfirmModal
@@ -449,7 +442,7 @@ function Actions({ node }: { node: NodeView }) {
             ) : null}
           </div>
         ) : (
-          <MutationError error={retire.error} what="The node was not retired" />
+          <ActionError error={retire.error} what="The node was not retired" />
         )}
       </ConfirmModal>
 
@@ -464,7 +457,7 @@ function Actions({ node }: { node: NodeView }) {
               <textarea {...props} value={reason} onChange={(e) => setReason(e.target.value)} maxLength={512} required />
             )}
           </Field>
-          {revokeFieldError === null ? <MutationError error={revoke.error} what="The certificates were not revoked" /> : null}
+          {revokeFieldError === null ? <ActionError error={revoke.error} what="The certificates were not revoked" /> : null}
           <div className="modal-actions">
             <button type="button" className="button" onClick={closeDialog}>
               Cancel
@@ -489,7 +482,7 @@ function Actions({ node }: { node: NodeView }) {
             Use this when the token was lost or the host was reinstalled. Any earlier unused token of this node stops
             working. The new one is shown once.
           </p>
-          <MutationError error={issueToken.error} what="No token was issued" />
+          <ActionError error={issueToken.error} what="No token was issued" />
         </ConfirmModal>
       ) : (
         <Modal open={dialog === "token"} title={`Enrollment token for ${node.hostname}`} onClose={closeDialog}>

@@ -12,8 +12,10 @@ import { useAnnounce } from "../../../../shared/ui/Announcer";
 import { Field } from "../../../../shared/ui/Field";
 import { Modal } from "../../../../shared/ui/Modal";
 import { Loading } from "../../../../shared/ui/states";
-import { EnrollmentCommand, MutationError, asApiError } from "./adminUi";
+import { EnrollmentCommand } from "./adminUi";
 import { useAdminSkus } from "./SkuSection";
+import { ActionError } from "../../../../shared/ui/ActionError";
+import { toApiError } from "../../../../shared/data/errors";
 
 type NewNode = components["schemas"]["NewNode"];
 type RegisteredNode = components["schemas"]["RegisteredNode"];
@@ -77,7 +79,7 @@ export function RegisterNodeModal({ open, onClose }: { open: boolean; onClose: (
     register.mutate({ hostname: name, sku, onboarding_mode: mode });
   }
 
-  const serverError = register.error ? asApiError(register.error) : null;
+  const serverError = register.error ? toApiError(register.error) : null;
   const serverHostError =
     serverError === null
       ? null
@@ -157,7 +159,7 @@ export function RegisterNodeModal({ open, onClose }: { open: boolean; onClose: (
               )}
             </Field>
           )}
-          {skus.error ? <MutationError error={skus.error} what="The SKUs could not be loaded" /> : null}
+          {skus.error ? <ActionError error={skus.error} what="The SKUs could not be loaded" /> : null}
           <Field
             label="Onboarding mode"
             error={serverModeError}
@@ -171,7 +173,7 @@ export function RegisterNodeModal({ open, onClose }: { open: boolean; onClose: (
             )}
           </Field>
           {serverError !== null && serverHostError === null && serverSkuError === null && serverModeError === null ? (
-            <MutationError error={serverError} what="The node was not registered" />
+            <ActionError error={serverError} what="The node was not registered" />
           ) : serverError !== null && serverError.correlationId ? (
             <p className="correlation" role="alert">
               The node was not registered (correlation id <code>{serverError.correlationId}</code>).

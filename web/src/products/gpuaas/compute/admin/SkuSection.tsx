@@ -12,7 +12,9 @@ import { Modal } from "../../../../shared/ui/Modal";
 import { StatusBadge } from "../../../../shared/ui/Page";
 import { Empty, QueryView } from "../../../../shared/ui/states";
 import { useAnnounce } from "../../../../shared/ui/Announcer";
-import { MutationError, asApiError, formatBytes, type Sku } from "./adminUi";
+import { formatBytes, type Sku } from "./adminUi";
+import { ActionError } from "../../../../shared/ui/ActionError";
+import { toApiError } from "../../../../shared/data/errors";
 
 type NewSku = components["schemas"]["NewSku"];
 
@@ -211,7 +213,7 @@ export function CreateSkuModal({ open, onClose }: { open: boolean; onClose: () =
     create.mutate(body);
   }
 
-  const serverError = create.error ? asApiError(create.error) : null;
+  const serverError = create.error ? toApiError(create.error) : null;
   const serverField =
     serverError === null
       ? null
@@ -335,7 +337,7 @@ export function CreateSkuModal({ open, onClose }: { open: boolean; onClose: () =
             />
           )}
         </Field>
-        {serverError !== null && serverField === null ? <MutationError error={serverError} what="The SKU was not created" /> : null}
+        {serverError !== null && serverField === null ? <ActionError error={serverError} what="The SKU was not created" /> : null}
         {serverError !== null && serverField !== null && serverError.correlationId ? (
           <p className="correlation" role="alert">
             The SKU was not created (correlation id <code>{serverError.correlationId}</code>).

@@ -1,8 +1,7 @@
-// Small pieces the gpuaas operator pages share: a mutation's error next to its form,
-// the GPU occupancy picture, and the one-time enrollment command.
+// Small pieces the gpuaas operator pages share: the GPU occupancy picture and the
+// one-time enrollment command.
 
 import type { components } from "../../../../shared/api/schema";
-import { ApiError, describeError } from "../../../../shared/data/errors";
 import { formatDateTime, formatDuration } from "../../../../shared/i18n/format";
 import { CopyButton } from "../../../../shared/ui/CopyButton";
 
@@ -10,43 +9,6 @@ export type NodeView = components["schemas"]["NodeView"];
 export type Occupancy = components["schemas"]["Occupancy"];
 export type EnrollmentTicket = components["schemas"]["EnrollmentTicket"];
 export type Sku = components["schemas"]["Sku"];
-
-/** Whatever a mutation threw, as an ApiError the UI knows how to show. */
-export function asApiError(error: unknown): ApiError {
-  if (error instanceof ApiError) return error;
-  return new ApiError({ status: -1, code: "client_error", message: error instanceof Error ? error.message : String(error) });
-}
-
-/** The server's message for `field` when a 400 names it (for `Field`'s `error`). */
-export function fieldError(error: unknown, ...fields: string[]): string | null {
-  if (!(error instanceof ApiError) || error.field === null) return null;
-  return fields.includes(error.field) ? error.message : null;
-}
-
-/**
- * A failed action, next to the button or form that started it: what happened, what
- * to do, and the correlation id support needs.
- */
-export function MutationError({ error, what }: { error: unknown; what?: string }) {
-  if (error === null || error === undefined) return null;
-  const apiError = asApiError(error);
-  const { title, advice } = describeError(apiError);
-  return (
-    <div className="form-error" role="alert" data-error-code={apiError.code}>
-      <p>
-        <strong>{what ? `${what}: ${title}` : title}</strong>
-      </p>
-      <p>{apiError.message}</p>
-      <p>{advice}</p>
-      {apiError.correlationId ? (
-        <p className="correlation">
-          Correlation id: <code data-testid="correlation-id">{apiError.correlationId}</code>{" "}
-          <CopyButton text={apiError.correlationId} label="Copy correlation id" />
-        </p>
-      ) : null}
-    </div>
-  );
-}
 
 /** "3 of 8 GPUs in use", the words every occupancy picture carries. */
 export function occupancyText(occupancy: Occupancy): string {

@@ -14,8 +14,9 @@ import { Modal } from "../../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../../shared/ui/states";
-import { MutationError, asApiError } from "../../compute/admin/adminUi";
 import { useAdminSkus } from "../../compute/admin/SkuSection";
+import { ActionError } from "../../../../shared/ui/ActionError";
+import { toApiError } from "../../../../shared/data/errors";
 
 type Allocation = components["schemas"]["Allocation"];
 
@@ -189,7 +190,7 @@ function ForceReleaseModal({ allocation, onClose }: { allocation: Allocation | n
     release.mutate({ id: allocation.id, why });
   }
 
-  const error = release.error ? asApiError(release.error) : null;
+  const error = release.error ? toApiError(release.error) : null;
   const serverReasonError = error?.field === "reason" ? error.message : null;
 
   return (
@@ -206,7 +207,7 @@ function ForceReleaseModal({ allocation, onClose }: { allocation: Allocation | n
             )}
           </Field>
           {error !== null && serverReasonError === null ? (
-            <MutationError
+            <ActionError
               error={error}
               what={error.status === 409 ? "It is already released or failed" : "The allocation was not released"}
             />
