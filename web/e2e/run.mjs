@@ -399,8 +399,29 @@ async function main() {
       await shot(page, "allocations");
     });
 
-    await step("user releases it with confirmation; it reaches released", async () => {
+    await step("keyboard only: skip link first, the release dialog traps focus and gives it back", async () => {
       await page.goto(allocationUrl);
+      await page.getByTestId("allocation-status").waitFor();
+      await page.keyboard.press("Tab");
+      const first = await page.evaluate(() => document.activeElement?.textContent?.trim());
+      if (first !== "Skip to content") throw new Error(`first Tab lands on ${first}`);
+      const release = page.getByRole("button", { name: "Release", exact: true });
+      await release.focus();
+      await page.keyboard.press("Enter");
+      const dialog = page.getByRole("dialog");
+      await dialog.waitFor();
+      for (let i = 0; i < 6; i += 1) {
+        await page.keyboard.press("Tab");
+        const inside = await page.evaluate(() => Boolean(document.activeElement?.closest("dialog")));
+        if (!inside) throw new Error("focus left the open dialog");
+      }
+      await page.keyboard.press("Escape");
+      await dialog.waitFor({ state: "detached" });
+      const back = await page.evaluate(() => document.activeElement?.textContent?.trim());
+      if (back !== "Release") throw new Error(`focus returned to ${back}, not the Release button`);
+    });
+
+    await step("user releases it with confirmation; it reaches released", async () => {
       await page.getByRole("button", { name: "Release", exact: true }).click();
       const confirm = page.getByRole("dialog");
       await checkA11y(page, "release-confirm");

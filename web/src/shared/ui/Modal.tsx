@@ -2,8 +2,8 @@ import { useEffect, useId, useRef, type ReactNode } from "react";
 
 /**
  * A modal dialog on the native <dialog>: showModal() makes the rest of the page
- * inert (focus stays inside), Escape closes it, and focus returns to whatever
- * opened it.
+ * inert, Tab wraps around inside it, Escape closes it, and focus returns to
+ * whatever opened it.
  */
 export function Modal({
   open,
@@ -42,6 +42,26 @@ export function Modal({
       onCancel={(event) => {
         event.preventDefault();
         onClose();
+      }}
+      onKeyDown={(event) => {
+        // The page behind is inert, but Tab past the last control would leave for
+        // the browser's own UI: wrap around inside the dialog instead.
+        if (event.key !== "Tab") return;
+        const focusable = Array.from(
+          event.currentTarget.querySelectorAll<HTMLElement>(
+            'a[href], button:not([disabled]), input:not([disabled]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex="-1"])',
+          ),
+        ).filter((element) => element.offsetParent !== null);
+        const first = focusable[0];
+        const last = focusable[focusable.length - 1];
+        if (first === undefined || last === undefined) return;
+        if (event.shiftKey && document.activeElement === first) {
+          event.preventDefault();
+          last.focus();
+        } else if (!event.shiftKey && document.activeElement === last) {
+          event.preventDefault();
+          first.focus();
+        }
       }}
     >
       <div className="modal-header">
