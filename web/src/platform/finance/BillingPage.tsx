@@ -10,7 +10,7 @@ import { ApiError } from "../../shared/data/errors";
 import { downloadExport } from "../../shared/data/download";
 import { formatDateTime, formatDuration, formatMoney } from "../../shared/i18n/format";
 import { useAnnounce } from "../../shared/ui/Announcer";
-import { Field } from "../../shared/ui/Field";
+import { Field, SelectField } from "../../shared/ui/Field";
 import { Page } from "../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../shared/ui/Pager";
 import { Empty, ErrorPanel, Loading, QueryView } from "../../shared/ui/states";
@@ -241,25 +241,15 @@ function LedgerSection() {
     <section className="card" aria-labelledby="ledger-heading">
       <h2 id="ledger-heading">Ledger</h2>
       <div className="toolbar">
-        <Field label="Entry type">
-          {(props) => (
-            <select
-              {...props}
-              value={type}
-              onChange={(event) => {
-                setType(event.target.value as EntryType | "");
-                pager.reset();
-              }}
-            >
-              <option value="">All entries</option>
-              {ENTRY_TYPES.map((entryType) => (
-                <option key={entryType} value={entryType}>
-                  {ENTRY_TYPE_LABELS[entryType]}
-                </option>
-              ))}
-            </select>
-          )}
-        </Field>
+        <SelectField
+          label="Entry type"
+          value={type}
+          options={[{ value: "", label: "All entries" }, ...ENTRY_TYPES.map((entryType) => ({ value: entryType, label: ENTRY_TYPE_LABELS[entryType] }))]}
+          onChange={(value) => {
+            setType(value as EntryType | "");
+            pager.reset();
+          }}
+        />
       </div>
       <QueryView
         query={query}

@@ -36,3 +36,41 @@ export function Field({
     </div>
   );
 }
+
+export interface SelectOption {
+  value: string;
+  label: string;
+}
+
+/** A labelled select over a list of options (filters, small choices). */
+export function SelectField({
+  label,
+  value,
+  options,
+  onChange,
+  error,
+  hint,
+  name,
+}: {
+  label: string;
+  value: string;
+  options: readonly SelectOption[];
+  onChange: (value: string) => void;
+  error?: string | null;
+  hint?: ReactNode;
+  name?: string;
+}) {
+  return (
+    <Field label={label} error={error} hint={hint}>
+      {(props) => (
+        <select {...props} name={name} value={value} onChange={(event) => onChange(event.target.value)}>
+          {options.map((option) => (
+            <option key={option.value} value={option.value}>
+              {option.label}
+            </option>
+          ))}
+        </select>
+      )}
+    </Field>
+  );
+}

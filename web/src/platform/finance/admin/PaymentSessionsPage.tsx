@@ -9,7 +9,7 @@ import type { components } from "../../../shared/api/schema";
 import { useApi } from "../../../shared/data/ApiContext";
 import { unwrap } from "../../../shared/data/client";
 import { formatDateTime, formatMoney } from "../../../shared/i18n/format";
-import { Field } from "../../../shared/ui/Field";
+import { Field, SelectField } from "../../../shared/ui/Field";
 import { Page, StatusBadge } from "../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../shared/ui/states";
@@ -153,18 +153,12 @@ export default function PaymentSessionsPage() {
       <section className="card" aria-labelledby="all-heading">
         <h2 id="all-heading">All sessions</h2>
         <form className="toolbar" role="search" aria-label="Filter payment sessions" onSubmit={(event) => event.preventDefault()}>
-          <Field label="Status">
-            {(props) => (
-              <select {...props} value={status} onChange={(event) => setStatus(event.target.value as SessionStatus | "")}>
-                <option value="">All statuses</option>
-                {STATUSES.map((option) => (
-                  <option key={option.value} value={option.value}>
-                    {option.label}
-                  </option>
-                ))}
-              </select>
-            )}
-          </Field>
+          <SelectField
+            label="Status"
+            value={status}
+            options={[{ value: "", label: "All statuses" }, ...STATUSES]}
+            onChange={(value) => setStatus(value as SessionStatus | "")}
+          />
           <Field label="Tenant id">
             {(props) => (
               <input {...props} type="search" autoComplete="off" spellCheck={false} value={tenantInput} onChange={(event) => setTenantInput(event.target.value)} />

@@ -8,7 +8,7 @@ import { useApi } from "../../../shared/data/ApiContext";
 import { unwrap } from "../../../shared/data/client";
 import { formatDateTime } from "../../../shared/i18n/format";
 import { useAnnounce } from "../../../shared/ui/Announcer";
-import { Field } from "../../../shared/ui/Field";
+import { Field, SelectField } from "../../../shared/ui/Field";
 import { Modal } from "../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../shared/ui/Pager";
@@ -16,6 +16,12 @@ import { Empty, QueryView } from "../../../shared/ui/states";
 import { roleLabel, signInLabel } from "./users";
 import { ActionError } from "../../../shared/ui/ActionError";
 import { toApiError } from "../../../shared/data/errors";
+
+const USER_STATUSES = [
+  { value: "", label: "All" },
+  { value: "active", label: "Active" },
+  { value: "disabled", label: "Disabled" },
+];
 import { useActionKey } from "../../../shared/data/actionKey";
 
 type User = components["schemas"]["User"];
@@ -244,21 +250,12 @@ export default function UsersPage() {
             <input {...props} type="search" name="email" autoComplete="off" value={emailInput} onChange={(event) => setEmailInput(event.target.value)} />
           )}
         </Field>
-        <Field label="Status">
-          {(props) => (
-            <select
-              {...props}
-              value={status}
-              onChange={(event) => {
-                setStatus(event.target.value as "" | "active" | "disabled");
-              }}
-            >
-              <option value="">All</option>
-              <option value="active">Active</option>
-              <option value="disabled">Disabled</option>
-            </select>
-          )}
-        </Field>
+        <SelectField
+          label="Status"
+          value={status}
+          options={USER_STATUSES}
+          onChange={(value) => setStatus(value as "" | "active" | "disabled")}
+        />
       </form>
       <UserTable key={`${email}|${status}`} email={email} status={status} />
       <CreateUserModal

@@ -2,13 +2,13 @@ import { keepPreviousData, useQuery } from "@tanstack/react-query";
 import { Link, useSearchParams } from "react-router";
 import { useApi } from "../../../shared/data/ApiContext";
 import { unwrap } from "../../../shared/data/client";
-import { formatDateTime, formatMoney } from "../../../shared/i18n/format";
-import { Field } from "../../../shared/ui/Field";
-import { Page, StatusBadge } from "../../../shared/ui/Page";
+import { SelectField } from "../../../shared/ui/Field";
+import { Page } from "../../../shared/ui/Page";
+import { AllocationTable } from "./allocation/AllocationTable";
 import { Pager, useCursorPager } from "../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../shared/ui/states";
 import { skuIndex, useSkus } from "../compute/catalog";
-import { ALLOCATION_STATUSES, allocationLabel, isTransitional, statusLabel, type AllocationStatus } from "./allocation/model";
+import { ALLOCATION_STATUSES, isTransitional, statusLabel, type AllocationStatus } from "./allocation/model";
 import { ALLOCATIONS_KEY } from "./allocation/queries";
 
 const PAGE_SIZE = 50;
@@ -64,18 +64,12 @@ export default function AllocationsPage() {
       }
     >
       <div className="toolbar">
-        <Field label="Status">
-          {(props) => (
-            <select {...props} value={status} onChange={(event) => changeStatus(event.target.value)}>
-              <option value="">All statuses</option>
-              {ALLOCATION_STATUSES.map((s) => (
-                <option key={s} value={s}>
-                  {statusLabel(s)}
-                </option>
-              ))}
-            </select>
-          )}
-        </Field>
+        <SelectField
+          label="Status"
+          value={status}
+          options={[{ value: "", label: "All statuses" }, ...ALLOCATION_STATUSES.map((s) => ({ value: s, label: statusLabel(s) }))]}
+          onChange={changeStatus}
+        />
       </div>
       <QueryView
         query={list}
@@ -97,52 +91,13 @@ export default function AllocationsPage() {
       >
         {(data) => (
           <>
-            <div className="table-wrap" aria-busy={list.isFetching && list.isPlaceholderData}>
-              <table data-testid="allocations-table">
-                <caption className="visually-hidden">
-                  Your allocations{status ? `, status ${statusLabel(status)}` : ""}, newest first, page {pager.page}
-                </caption>
-                <thead>
-                  <tr>
-                    <th scope="col">Name</th>
-                    <th scope="col">SKU</th>
-                    <th scope="col" className="num">
-                      GPUs
-                    </th>
-                    <th scope="col">Status</th>
-                    <th scope="col">Created</th>
-                    <th scope="col" className="num">
-                      Hourly cost
-                    </th>
-                    <th scope="col" className="num">
-                      Accrued cost
-                    </th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {data.items.map((a) => (
-                    <tr key={a.id} data-allocation-id={a.id} data-status={a.status}>
-                      <td>
-                        <Link to={`/allocations/${encodeURIComponent(a.id)}`}>{allocationLabel(a)}</Link>
-                        {a.name ? (
-                          <div className="muted">
-                            <code>{a.id}</code>
-                          </div>
-                        ) : null}
-                      </td>
-                      <td>{index.get(a.sku_id)?.display_name ?? a.sku_id}</td>
-                      <td className="num">{a.gpu_count}</td>
-                      <td>
-                        <StatusBadge status={a.status} />
-                      </td>
-                      <td>{formatDateTime(a.created_at)}</td>
-                      <td className="num">{formatMoney(a.hourly_cost_minor, a.currency)}</td>
-                      <td className="num">{formatMoney(a.accrued_cost_minor, a.currency)}</td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
+            <AllocationTable
+              caption={`Your allocations${status ? `, status ${statusLabel(status)}` : ""}, newest first, page ${pager.page}`}
+              items={data.items}
+              skuName={(id) => index.get(id)?.display_name ?? id}
+              testId="allocations-table"
+              busy={list.isFetching && list.isPlaceholderData}
+            />
             {data.items.length === 0 ? <p className="muted">No more allocations.</p> : null}
             <Pager pager={pager} nextCursor={data.next_cursor} label="Allocations" />
             {polling ? <p className="muted">Some allocations are changing; this list updates every {POLL_MS / 1000} s.</p> : null}

@@ -1,6 +1,7 @@
 import { Link } from "react-router";
-import { formatDateTime, formatDuration, formatMoney } from "../../../shared/i18n/format";
-import { Page, StatusBadge } from "../../../shared/ui/Page";
+import { formatDuration, formatMoney } from "../../../shared/i18n/format";
+import { AllocationTable } from "./allocation/AllocationTable";
+import { Page } from "../../../shared/ui/Page";
 import { Empty, ErrorPanel, Loading, QueryView } from "../../../shared/ui/states";
 import { skuIndex, useSkus } from "../compute/catalog";
 import {
@@ -96,50 +97,6 @@ function Summary({ balance, live }: { balance: Balance; live: Allocation[] | und
         />
       </div>
     </>
-  );
-}
-
-function AllocationTable({ caption, items, skuName }: { caption: string; items: Allocation[]; skuName: (id: string) => string }) {
-  return (
-    <div className="table-wrap">
-      <table>
-        <caption className="visually-hidden">{caption}</caption>
-        <thead>
-          <tr>
-            <th scope="col">Name</th>
-            <th scope="col">SKU</th>
-            <th scope="col" className="num">
-              GPUs
-            </th>
-            <th scope="col">Status</th>
-            <th scope="col">Created</th>
-            <th scope="col" className="num">
-              Hourly cost
-            </th>
-            <th scope="col" className="num">
-              Accrued cost
-            </th>
-          </tr>
-        </thead>
-        <tbody>
-          {items.map((a) => (
-            <tr key={a.id} data-allocation-id={a.id}>
-              <td>
-                <Link to={`/allocations/${encodeURIComponent(a.id)}`}>{allocationLabel(a)}</Link>
-              </td>
-              <td>{skuName(a.sku_id)}</td>
-              <td className="num">{a.gpu_count}</td>
-              <td>
-                <StatusBadge status={a.status} />
-              </td>
-              <td>{formatDateTime(a.created_at)}</td>
-              <td className="num">{formatMoney(a.hourly_cost_minor, a.currency)}</td>
-              <td className="num">{formatMoney(a.accrued_cost_minor, a.currency)}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
-    </div>
   );
 }
 

@@ -7,7 +7,7 @@ import { Link } from "react-router";
 import { useApi } from "../../../../shared/data/ApiContext";
 import { unwrap } from "../../../../shared/data/client";
 import { formatDateTime } from "../../../../shared/i18n/format";
-import { Field } from "../../../../shared/ui/Field";
+import { SelectField } from "../../../../shared/ui/Field";
 import { Page, StatusBadge } from "../../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../../shared/ui/Pager";
 import { Empty, QueryView } from "../../../../shared/ui/states";
@@ -158,24 +158,15 @@ export default function FleetPage() {
       <section className="card" aria-labelledby="nodes-heading">
         <h2 id="nodes-heading">Nodes</h2>
         <div className="toolbar">
-          <Field label="Status">
-            {(props) => (
-              <select
-                {...props}
-                value={status}
-                onChange={(event) => {
-                  setStatus(event.target.value);
-                  pager.reset();
-                }}
-              >
-                {STATUSES.map((option) => (
-                  <option key={option.value} value={option.value}>
-                    {option.label}
-                  </option>
-                ))}
-              </select>
-            )}
-          </Field>
+          <SelectField
+            label="Status"
+            value={status}
+            options={STATUSES}
+            onChange={(value) => {
+              setStatus(value);
+              pager.reset();
+            }}
+          />
         </div>
         <QueryView
           query={nodes}

@@ -9,7 +9,7 @@ import { useApi } from "../../../../shared/data/ApiContext";
 import { unwrap } from "../../../../shared/data/client";
 import { formatDateTime, shortId } from "../../../../shared/i18n/format";
 import { useAnnounce } from "../../../../shared/ui/Announcer";
-import { Field } from "../../../../shared/ui/Field";
+import { Field, SelectField } from "../../../../shared/ui/Field";
 import { Modal } from "../../../../shared/ui/Modal";
 import { Page, StatusBadge } from "../../../../shared/ui/Page";
 import { Pager, useCursorPager } from "../../../../shared/ui/Pager";
@@ -293,24 +293,15 @@ export default function AdminAllocationsPage() {
       <section className="card" aria-labelledby="allocations-heading">
         <h2 id="allocations-heading">Allocations</h2>
         <div className="toolbar">
-          <Field label="Status">
-            {(props) => (
-              <select
-                {...props}
-                value={status}
-                onChange={(event) => {
-                  setStatus(event.target.value);
-                  pager.reset();
-                }}
-              >
-                {STATUSES.map((option) => (
-                  <option key={option.value} value={option.value}>
-                    {option.label}
-                  </option>
-                ))}
-              </select>
-            )}
-          </Field>
+          <SelectField
+            label="Status"
+            value={status}
+            options={STATUSES}
+            onChange={(value) => {
+              setStatus(value);
+              pager.reset();
+            }}
+          />
         </div>
         <QueryView
           query={allocations}
