@@ -21,6 +21,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+import { startFakeOidc } from "./fake-oidc.mjs";
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const root = resolve(web, "..");
@@ -38,6 +39,7 @@ const USER = { email: "ada@e2e.test", name: "Ada Lovelace", password: "e2e-user-
 const SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKPvtWANiUEyI5Bec7Kq7kXQjbukv2J9T2+pusBj/hiE ada@laptop";
 const SKU = { name: "h100-x8", display: "H100 80GB x8", model: "NVIDIA H100 80GB", gpus: "8", price: "360.00" };
 const HOSTNAME = "gpu-node-01.e2e";
+const SSO = { clientId: "gpuaas-portal", person: { subject: "grace-0001", email: "grace@sso.e2e.test", name: "Grace Hopper" } };
 
 for (const [what, path] of [
   ["gpuaas binary", BIN],
@@ -88,14 +90,20 @@ function launch(name, command, args, env) {
   return child;
 }
 
-async function startPlatform(dataDir) {
+async function startPlatform(dataDir, oidcIssuer) {
   const port = await freePort();
   const internalPort = await freePort();
   const child = launch(
     "platform",
     BIN,
     ["up", "--data-dir", dataDir, "--listen", `127.0.0.1:${port}`, "--internal-listen", `127.0.0.1:${internalPort}`, "--portal-dir", DIST],
-    cleanEnv({ GPUAAS_ADMIN_EMAIL: ADMIN.email, GPUAAS_ADMIN_PASSWORD: ADMIN.password, RUST_LOG: "warn" }),
+    cleanEnv({
+      GPUAAS_ADMIN_EMAIL: ADMIN.email,
+      GPUAAS_ADMIN_PASSWORD: ADMIN.password,
+      GPUAAS_OIDC_ISSUER_URL: oidcIssuer,
+      GPUAAS_OIDC_CLIENT_ID: SSO.clientId,
+      RUST_LOG: "warn",
+    }),
   );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
@@ -197,8 +205,10 @@ async function main() {
   const work = mkdtempSync(join(tmpdir(), "gpuaas-portal-e2e-"));
   let browser;
   let page;
+  let idp;
   try {
-    const url = await startPlatform(join(work, "data"));
+    idp = await startFakeOidc(SSO);
+    const url = await startPlatform(join(work, "data"), idp.issuer);
     console.log(`e2e: platform at ${url}`);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -452,6 +462,19 @@ async function main() {
       await shot(page, "audit-log");
     });
 
+    await step("single sign-on: redirect to the provider, PKCE, back to /auth/callback, signed in", async () => {
+      await signOut(page);
+      await page.getByRole("link", { name: "Sign in with single sign-on" }).click();
+      await page.getByRole("navigation", { name: "Main" }).waitFor();
+      await page.getByText(SSO.person.name).first().waitFor();
+      const address = new URL(page.url());
+      if (address.search.includes("code=") || address.pathname === "/auth/callback") {
+        throw new Error(`the authorization code stayed in the address bar: ${page.url()}`);
+      }
+      if (idp.seen.pkceChecked !== 1) throw new Error(`provider saw ${JSON.stringify(idp.seen)}`);
+      await checkA11y(page, "sso-dashboard");
+    });
+
     if (pageProblems.length > 0) throw new Error(`the page reported problems:\n  ${pageProblems.join("\n  ")}`);
     if (violations.length > 0) {
       throw new Error(
@@ -478,6 +501,7 @@ async function main() {
   } finally {
     await browser?.close().catch(() => {});
     stopAll();
+    await idp?.close().catch(() => {});
     await sleep(300);
     rmSync(work, { recursive: true, force: true });
   }
