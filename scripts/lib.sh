@@ -170,11 +170,14 @@ ensure_node() {
         die "node $(node --version) is too old; the portal needs 20.19 or newer"
 }
 
-# Installs the portal's packages when package-lock.json changed since the last install.
+# Installs the portal's packages (the versions package-lock.json pins) when the lock
+# changed since the last install. `npm install`, not `npm ci`: the lock records the
+# native optional packages of this platform only (rollup, esbuild), which `npm ci`
+# refuses as out of sync; `npm install` installs the pinned versions all the same.
 portal_deps() {
     if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
-        step "npm ci (web/)"
-        (cd web && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+        step "npm install (web/, versions from package-lock.json)"
+        (cd web && npm install --no-audit --no-fund --loglevel=error </dev/null)
     fi
 }
 

@@ -134,7 +134,7 @@ fn not_built() -> Response {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gpuaas</title></head>\
          <body><main><h1>gpuaas control plane</h1>\
          <p>The web portal is not built: its directory has no <code>index.html</code>.</p>\
-         <p>Build it with <code>npm --prefix web ci &amp;&amp; npm --prefix web run build</code>, \
+         <p>Build it with <code>npm --prefix web install &amp;&amp; npm --prefix web run build</code>, \
          or start the platform with <code>./scripts/up</code>, which builds the portal and starts everything. \
          A portal built elsewhere is served from the directory named by <code>portal_dir</code> \
          (<code>--portal-dir</code>, <code>GPUAAS_PORTAL_DIR</code>).</p>\

@@ -158,7 +158,7 @@ async fn a_missing_portal_says_how_to_build_it() {
         let text = page.text().await.unwrap_or_default();
         for needle in [
             "not built",
-            "npm --prefix web ci &amp;&amp; npm --prefix web run build",
+            "npm --prefix web install &amp;&amp; npm --prefix web run build",
             "./scripts/up",
             "/api/v1/openapi.json",
         ] {
