@@ -437,8 +437,10 @@ pub async fn workflow_loop(
     const BATCH: usize = 256;
     const PARALLEL: usize = 16;
     loop {
+        // Any work found means more may have come due while it ran (a pass takes as
+        // long as its slowest steps): look again at once, and sleep only on an empty pass.
         let busy = match allocations.run_due(BATCH, PARALLEL).await {
-            Ok(report) => report.claimed == BATCH,
+            Ok(report) => report.claimed > 0,
             Err(error) => {
                 tracing::error!(%error, "allocation workflow pass failed");
                 false

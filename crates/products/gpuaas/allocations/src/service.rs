@@ -1,5 +1,5 @@
 //! Creating, reading and releasing allocations. Every status change goes through
-//! [`transition_in`]: it checks the state machine, stamps the time, records who and
+//! [`apply`]: it checks the state machine, stamps the time, records who and
 //! why, and queues the event, all in the caller's transaction.
 
 use gpuaas_billing::UsageRecord;
@@ -228,36 +228,89 @@ pub(crate) struct Change<'a> {
     pub(crate) subject: Option<&'static str>,
 }
 
-/// Moves `record` to `change.to` in the caller's transaction: refuses an illegal
-/// transition, refuses (as a conflict) a row that changed since it was read, stamps
-/// the status's time column, records the transition and queues the event.
-pub(crate) async fn transition_in(
+/// A value for one of the workflow columns [`apply`] sets.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+/// Workflow columns to set in the same UPDATE as a status change.
+pub(crate) type Sets = Vec<(&'static str, Value)>;
+
+/// The columns that mark the workflow due at `due_at` (or idle) and free its claim;
+/// a new phase also resets its attempt count, deadline and release task.
+pub(crate) fn schedule(due_at: Option<Timestamp>, new_phase: bool) -> Sets {
+    let mut sets = vec![
+        ("workflow_due_at", Value::Int(due_at.map(Timestamp::as_micros))),
+        ("workflow_lease_until", Value::Int(None)),
+    ];
+    if new_phase {
+        sets.extend([
+            ("workflow_attempts", Value::Int(Some(0))),
+            ("workflow_deadline", Value::Int(None)),
+            ("release_task_id", Value::Text(None)),
+        ]);
+    }
+    sets
+}
+
+/// Moves `record` to `change.to` (when there is a change) and sets the workflow
+/// columns `sets`, in one UPDATE in the caller's transaction. Refuses an illegal
+/// transition and refuses (as a conflict) a row that changed since it was read: its
+/// status moved, or, with `fence`, the runner's claim (`workflow_lease_until`) is no
+/// longer the one it took (another runner, a release or a force-release since).
+/// Stamps the status's time column, records the transition and queues the event.
+pub(crate) async fn apply(
     connection: &mut Connection,
     record: &mut Record,
-    change: &Change<'_>,
+    change: Option<&Change<'_>>,
+    sets: Sets,
+    fence: Option<i64>,
 ) -> Result<(), AllocationError> {
     let from = record.view.status;
-    let to = from.transition(change.to)?;
+    let to = match change {
+        Some(change) => from.transition(change.to)?,
+        None => from,
+    };
     let now = Timestamp::now();
-    let stamp = format!("{}_at", to.as_str());
-    let sql = format!(
-        "UPDATE allocations SET status = $1, updated_at = $2, {stamp} = $2, \
-         failure_reason = COALESCE($3, failure_reason) WHERE id = $4 AND status = $5"
-    );
-    let failure =
-        matches!(to, AllocationStatus::Failed | AllocationStatus::ReleaseFailed).then_some(change.reason).flatten();
-    let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to.as_str())
-        .bind(now.as_micros())
-        .bind(failure)
-        .bind(&record.view.id)
-        .bind(from.as_str())
-        .execute(&mut *connection)
-        .await?
-        .rows_affected();
-    if updated != 1 {
+    let failure = change
+        .filter(|_| matches!(to, AllocationStatus::Failed | AllocationStatus::ReleaseFailed))
+        .and_then(|change| change.reason);
+    // Placeholders: $1 id, $2 the status read, $3 the fence, then the columns set.
+    let mut assignments = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    let mut assign = |column: String, value: Value| {
+        values.push(value);
+        assignments.push(format!("{column} = ${}", values.len() + 3));
+    };
+    if change.is_some() {
+        assign("status".into(), Value::Text(Some(to.as_str().to_owned())));
+        assign("updated_at".into(), Value::Int(Some(now.as_micros())));
+        assign(format!("{}_at", to.as_str()), Value::Int(Some(now.as_micros())));
+        if let Some(reason) = failure {
+            assign("failure_reason".into(), Value::Text(Some(reason.to_owned())));
+        }
+    }
+    for (column, value) in sets {
+        assign(column.to_owned(), value);
+    }
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    let fenced = if fence.is_some() { " AND workflow_lease_until = $3" } else { " AND $3 IS NULL" };
+    let sql = format!("UPDATE allocations SET {} WHERE id = $1 AND status = $2{fenced}", assignments.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&record.view.id).bind(from.as_str()).bind(fence);
+    for value in values {
+        query = match value {
+            Value::Int(value) => query.bind(value),
+            Value::Text(value) => query.bind(value),
+        };
+    }
+    if query.execute(&mut *connection).await?.rows_affected() != 1 {
         return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
     }
+    let Some(change) = change else { return Ok(()) };
     sqlx::query(
         "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -304,24 +357,6 @@ async fn queue_event(
     };
     let payload = serde_json::to_value(&payload).map_err(|error| AllocationError::Corrupt(error.to_string()))?;
     gpuaas_outbox::enqueue(connection, &EventEnvelope::new(subject, 1, correlation_id, payload)).await?;
-    Ok(())
-}
-
-/// Marks the allocation's workflow due now (or clears it), resetting its attempt count
-/// and deadline when a new phase starts.
-pub(crate) async fn schedule(
-    connection: &mut Connection,
-    allocation_id: &str,
-    due_at: Option<Timestamp>,
-    new_phase: bool,
-) -> Result<(), AllocationError> {
-    let sql = if new_phase {
-        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL, workflow_attempts = 0, \
-         workflow_deadline = NULL, release_task_id = NULL WHERE id = $2"
-    } else {
-        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL WHERE id = $2"
-    };
-    sqlx::query(sql).bind(due_at.map(Timestamp::as_micros)).bind(allocation_id).execute(&mut *connection).await?;
     Ok(())
 }
 
@@ -432,34 +467,37 @@ impl Allocations {
         let share = |total: i64| total.saturating_mul(new.gpu_count) / sku.gpus_per_node.max(1);
         let now = Timestamp::now();
         let authorized: Vec<&str> = keys.iter().map(|key| key.public_key.as_str()).collect();
-        sqlx::query(
+        // RETURNING gives the stored row without reading it again.
+        let sql = format!(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
              gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
              price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $19)",
-        )
-        .bind(&id)
-        .bind(new.tenant_id)
-        .bind(new.project_id)
-        .bind(new.user_id)
-        .bind(new.name)
-        .bind(&sku.id)
-        .bind(new.gpu_count)
-        .bind(&reservation.node_id)
-        .bind(to_json(&reservation.gpu_indices)?)
-        .bind(&hostname)
-        .bind(username_for(&id))
-        .bind(to_json(&authorized)?)
-        .bind(to_json(&new.ssh_key_ids)?)
-        .bind(share(sku.vcpus_per_node).saturating_mul(1000).max(1000))
-        .bind(share(sku.memory_bytes_per_node))
-        .bind(sku.price_per_gpu_hour_minor)
-        .bind(&sku.currency)
-        .bind(&actor.correlation_id)
-        .bind(now.as_micros())
-        .execute(&mut *tx)
-        .await?;
-        let record = lock(&mut tx, dialect, &id).await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $19) \
+             RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&id)
+            .bind(new.tenant_id)
+            .bind(new.project_id)
+            .bind(new.user_id)
+            .bind(new.name)
+            .bind(&sku.id)
+            .bind(new.gpu_count)
+            .bind(&reservation.node_id)
+            .bind(to_json(&reservation.gpu_indices)?)
+            .bind(&hostname)
+            .bind(username_for(&id))
+            .bind(to_json(&authorized)?)
+            .bind(to_json(&new.ssh_key_ids)?)
+            .bind(share(sku.vcpus_per_node).saturating_mul(1000).max(1000))
+            .bind(share(sku.memory_bytes_per_node))
+            .bind(sku.price_per_gpu_hour_minor)
+            .bind(&sku.currency)
+            .bind(&actor.correlation_id)
+            .bind(now.as_micros())
+            .fetch_one(&mut *tx)
+            .await?;
+        let record = record_from_row(&row)?;
         sqlx::query(
             "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
              VALUES ($1, $2, NULL, 'requested', $3, NULL, $4, $5)",
@@ -627,8 +665,7 @@ impl Allocations {
             reason: Some("released by its owner"),
             subject: Some(events::RELEASING_REQUESTED),
         };
-        transition_in(&mut tx, &mut record, &change).await?;
-        schedule(&mut tx, allocation_id, Some(Timestamp::now()), true).await?;
+        apply(&mut tx, &mut record, Some(&change), schedule(Some(Timestamp::now()), true), None).await?;
         let entry = actor.entry("allocation.release", self.resource_id(allocation_id), serde_json::json!({}));
         gpuaas_audit::record(&mut tx, &entry).await?;
         tx.commit().await?;
@@ -684,9 +721,8 @@ impl Allocations {
                     reason: Some(reason),
                     subject: Some(events::PROVISIONING_FAILED),
                 };
-                transition_in(connection, &mut record, &change).await?;
+                apply(connection, &mut record, Some(&change), schedule(None, false), None).await?;
                 slots::release(connection, allocation_id).await?;
-                schedule(connection, allocation_id, None, false).await?;
                 let woken = if record.provision_task_id.is_some() {
                     crate::workflow::queue_cleanup(self, connection, &record, actor).await?
                 } else {
@@ -701,14 +737,13 @@ impl Allocations {
                     reason: Some(reason),
                     subject: Some(events::FORCE_RELEASE_REQUESTED),
                 };
-                transition_in(connection, &mut record, &change).await?;
+                apply(connection, &mut record, Some(&change), schedule(Some(now), true), None).await?;
                 self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
-                schedule(connection, allocation_id, Some(now), true).await?;
                 Ok(None)
             }
             AllocationStatus::Releasing => {
+                apply(connection, &mut record, None, schedule(Some(now), true), None).await?;
                 self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
-                schedule(connection, allocation_id, Some(now), true).await?;
                 Ok(None)
             }
             status @ (AllocationStatus::Released | AllocationStatus::Failed) => {

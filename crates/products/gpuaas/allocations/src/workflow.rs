@@ -12,18 +12,19 @@
 //! `…force_release_requested`) only make an allocation due sooner; the row decides
 //! what happens, so a duplicate or late event is harmless.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuaas_inventory::slots;
-use gpuaas_inventory::tasks::{self as node_tasks, TaskStatus};
-use gpuaas_kernel::Timestamp;
+use gpuaas_inventory::tasks::{self as node_tasks, TaskState, TaskStatus};
+use gpuaas_kernel::{Timestamp, new_id};
 use gpuaas_nodeagent_protocol::{ProvisionUserParams, RevokeUserParams, Task};
 use gpuaas_policy::keys;
-use gpuaas_store::Connection;
 use gpuaas_store::sqlx;
+use gpuaas_store::{Connection, Dialect};
 
 use crate::events;
-use crate::service::{Change, Record, lock, schedule, transition_in};
+use crate::service::{COLUMNS, Change, Record, Sets, Value, apply, record_from_row, schedule};
 use crate::{Actor, AllocationError, AllocationStatus, Allocations};
 
 /// How long a runner holds a claimed allocation before another may take it.
@@ -62,33 +63,53 @@ impl Allocations {
 
     /// Claims up to `limit` due allocations and takes one step for each, `parallel`
     /// at a time. A step that fails is retried by a later pass once its lease ends.
+    ///
+    /// The claim returns the rows and one read returns the state of their node tasks,
+    /// so a step reads nothing more: its first write is the UPDATE that moves the row,
+    /// fenced on the claim it took (see [`apply`]), which also takes the row's lock.
     pub async fn run_due(&self, limit: usize, parallel: usize) -> Result<RunReport, AllocationError> {
         let timing = self.timing().await?;
         let now = Timestamp::now();
         let store = self.store();
+        let lease = now.saturating_add(CLAIM_LEASE).as_micros();
         let sql = format!(
             "UPDATE allocations SET workflow_lease_until = $1 WHERE id IN (SELECT id FROM allocations \
              WHERE workflow_due_at <= $2 AND (workflow_lease_until IS NULL OR workflow_lease_until < $2) \
-             ORDER BY workflow_due_at LIMIT $3{}) RETURNING id",
+             ORDER BY workflow_due_at LIMIT $3{}) RETURNING {COLUMNS}",
             store.dialect().skip_locked()
         );
-        let mut tx = store.begin().await?;
-        let claimed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(now.saturating_add(CLAIM_LEASE).as_micros())
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(lease)
             .bind(now.as_micros())
-            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
+        let rows = match store.dialect() {
+            // One statement is its own transaction on PostgreSQL: no BEGIN and COMMIT
+            // round trips. SQLite's writers take turns through `Store::begin`.
+            Dialect::Postgres => query.fetch_all(store.pool()).await?,
+            Dialect::Sqlite => {
+                let mut tx = store.begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+        };
+        let claimed = rows.iter().map(record_from_row).collect::<Result<Vec<_>, _>>()?;
+        // The tasks' states are read before the steps' transactions: a task only moves
+        // forward, and a result that lands just after is seen by the next poll.
+        let task_ids: Vec<&str> = claimed.iter().filter_map(|record| current_task(record)).collect();
+        let mut states =
+            if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(store, &task_ids).await? };
         let mut report = RunReport { claimed: claimed.len(), failed_steps: 0 };
         let mut steps = tokio::task::JoinSet::new();
         let mut queue = claimed.into_iter();
         loop {
             while steps.len() < parallel.max(1) {
-                let Some(id) = queue.next() else { break };
+                let Some(record) = queue.next() else { break };
+                let task = current_task(&record).and_then(|id| states.remove(id));
                 let this = self.clone();
                 steps.spawn(async move {
-                    let outcome = this.step(&id, &timing).await;
+                    let id = record.view.id.clone();
+                    let outcome = this.step(record, task, lease, &timing).await;
                     (id, outcome)
                 });
             }
@@ -121,33 +142,34 @@ impl Allocations {
             .unwrap_or(Duration::from_millis(250))
     }
 
-    /// One step for one allocation, in one transaction.
-    async fn step(&self, allocation_id: &str, timing: &Timing) -> Result<(), AllocationError> {
-        // The task's state is read before the transaction: it only moves forward, and
-        // a result that lands just after is seen by the next poll.
+    /// One step for one claimed allocation, in one transaction. `task` is the state of
+    /// the phase's node task as read after the claim; `lease` is the claim, which every
+    /// write of the step is fenced on.
+    async fn step(
+        &self,
+        mut record: Record,
+        task: Option<TaskState>,
+        lease: i64,
+        timing: &Timing,
+    ) -> Result<(), AllocationError> {
         let store = self.store();
         let mut tx = store.begin().await?;
-        let mut record = lock(&mut tx, store.dialect(), allocation_id).await?;
         let actor = Actor { correlation_id: record.view.correlation_id.clone(), ..Actor::system() };
         let now = Timestamp::now();
-        let mut wake_node = None;
-        match record.view.status {
-            AllocationStatus::Requested => {
-                self.start_provisioning(&mut tx, &mut record, &actor, timing, now).await?;
-                wake_node = Some(record.view.node_id.clone());
-            }
-            AllocationStatus::Provisioning => {
-                wake_node = self.check_provisioning(&mut tx, &mut record, &actor, timing, now).await?;
-            }
-            AllocationStatus::Releasing => {
-                wake_node = self.check_releasing(&mut tx, &mut record, &actor, timing, now).await?;
-            }
+        let step = Step { lease, timing, now, actor: &actor };
+        let wake_node = match record.view.status {
+            AllocationStatus::Requested => self.start_provisioning(&mut tx, &mut record, &step).await?,
+            AllocationStatus::Provisioning => self.check_provisioning(&mut tx, &mut record, task, &step).await?,
+            AllocationStatus::Releasing => self.check_releasing(&mut tx, &mut record, task, &step).await?,
             // Nothing to drive: waiting for a person, or finished.
             AllocationStatus::Active
             | AllocationStatus::ReleaseFailed
             | AllocationStatus::Released
-            | AllocationStatus::Failed => schedule(&mut tx, allocation_id, None, false).await?,
-        }
+            | AllocationStatus::Failed => {
+                apply(&mut tx, &mut record, None, schedule(None, false), Some(lease)).await?;
+                None
+            }
+        };
         tx.commit().await?;
         if let Some(node) = wake_node {
             self.nodes().wake_node(&node);
@@ -155,32 +177,29 @@ impl Allocations {
         Ok(())
     }
 
+    /// `requested → provisioning` with the task's id, then the task itself: the row is
+    /// written first (fenced on the claim, taking its lock) and the node's lock after,
+    /// the order every other writer takes them in.
     async fn start_provisioning(
         &self,
         tx: &mut Connection,
         record: &mut Record,
-        actor: &Actor,
-        timing: &Timing,
-        now: Timestamp,
-    ) -> Result<(), AllocationError> {
-        let change = Change { to: AllocationStatus::Provisioning, actor, reason: None, subject: None };
-        transition_in(tx, record, &change).await?;
-        match self.queue_provision_task(tx, record, actor).await {
-            Ok(task_id) => {
-                set_task(
-                    tx,
-                    &record.view.id,
-                    TaskColumn::Provision,
-                    &task_id,
-                    1,
-                    Some(now.saturating_add(timing.provision_timeout)),
-                    now.saturating_add(timing.poll),
-                )
-                .await
-            }
+        step: &Step<'_>,
+    ) -> Result<Option<String>, AllocationError> {
+        let change = Change { to: AllocationStatus::Provisioning, actor: step.actor, reason: None, subject: None };
+        let task_id = new_id().to_string();
+        let deadline = Some(step.now.saturating_add(step.timing.provision_timeout));
+        let sets = set_task(TaskColumn::Provision, &task_id, 1, deadline, step.now.saturating_add(step.timing.poll));
+        apply(tx, record, Some(&change), sets, Some(step.lease)).await?;
+        match self.queue_provision_task(tx, record, step.actor, &task_id).await {
+            Ok(()) => Ok(Some(record.view.node_id.clone())),
             // The node went away between placement and now: nothing was provisioned.
             Err(AllocationError::Inventory(error)) => {
-                self.fail_provisioning(tx, record, actor, &format!("the node cannot take tasks: {error}"), false).await
+                let reason = format!("the node cannot take tasks: {error}");
+                // The task was never queued: the row must not name it.
+                let sets = vec![(TaskColumn::Provision.name(), Value::Text(None))];
+                self.fail_provisioning(tx, record, step, &reason, false, sets).await?;
+                Ok(None)
             }
             Err(error) => Err(error),
         }
@@ -191,7 +210,8 @@ impl Allocations {
         tx: &mut Connection,
         record: &Record,
         actor: &Actor,
-    ) -> Result<String, AllocationError> {
+        task_id: &str,
+    ) -> Result<(), AllocationError> {
         let task = Task::ProvisionUser(ProvisionUserParams {
             allocation_id: record.view.id.clone(),
             username: record.ssh_username.clone(),
@@ -200,32 +220,33 @@ impl Allocations {
             cpu_millicores: u32::try_from(record.cpu_millicores).unwrap_or(u32::MAX),
             memory_bytes: u64::try_from(record.memory_bytes).unwrap_or(0),
         });
-        Ok(self.nodes().enqueue_task_in(tx, actor, &record.view.node_id, &task).await?)
+        Ok(self.nodes().enqueue_task_with_id_in(tx, actor, &record.view.node_id, &task, task_id).await?)
     }
 
     async fn check_provisioning(
         &self,
         tx: &mut Connection,
         record: &mut Record,
-        actor: &Actor,
-        timing: &Timing,
-        now: Timestamp,
+        task: Option<TaskState>,
+        step: &Step<'_>,
     ) -> Result<Option<String>, AllocationError> {
+        let (timing, now, actor) = (step.timing, step.now, step.actor);
         let Some(task_id) = record.provision_task_id.clone() else {
             // A retry whose backoff has passed: queue the next attempt, or give up.
             if !can_retry(record, timing, now) {
                 let reason = format!("provisioning failed after {} attempts", record.workflow_attempts);
-                self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                self.fail_provisioning(tx, record, step, &reason, true, Vec::new()).await?;
                 return Ok(Some(record.view.node_id.clone()));
             }
-            let task_id = self.queue_provision_task(tx, record, actor).await?;
+            let task_id = new_id().to_string();
             let attempts = record.workflow_attempts + 1;
             let due = now.saturating_add(timing.poll);
-            set_task(tx, &record.view.id, TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due)
-                .await?;
+            let sets = set_task(TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due);
+            apply(tx, record, None, sets, Some(step.lease)).await?;
+            self.queue_provision_task(tx, record, actor, &task_id).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
-        let task = node_tasks::get(self.store(), &task_id).await?;
+        let task = task.ok_or_else(|| AllocationError::Corrupt(format!("task {task_id} is missing")))?;
         match task.status {
             TaskStatus::Succeeded => {
                 let change = Change {
@@ -234,54 +255,57 @@ impl Allocations {
                     reason: None,
                     subject: Some(events::PROVISIONING_ACTIVE),
                 };
-                transition_in(tx, record, &change).await?;
+                apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
                 self.start_metering(tx, record, now).await?;
-                schedule(tx, &record.view.id, None, false).await?;
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
                 let error = task.error.unwrap_or_else(|| "no reason given".into());
                 if can_retry(record, timing, now) {
-                    retry_later(tx, record, TaskColumn::Provision, timing, now, &error).await?;
+                    retry_later(tx, record, TaskColumn::Provision, step, &error).await?;
                     return Ok(None);
                 }
                 let reason = format!("provisioning failed after {} attempts: {error}", record.workflow_attempts);
-                self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                self.fail_provisioning(tx, record, step, &reason, true, Vec::new()).await?;
                 Ok(Some(record.view.node_id.clone()))
             }
             TaskStatus::Queued | TaskStatus::Leased => {
                 if now >= record.workflow_deadline.unwrap_or(now) {
                     let reason = format!("provisioning timed out after {} s", timing.provision_timeout.as_secs());
-                    self.fail_provisioning(tx, record, actor, &reason, true).await?;
+                    self.fail_provisioning(tx, record, step, &reason, true, Vec::new()).await?;
                     return Ok(Some(record.view.node_id.clone()));
                 }
-                schedule(tx, &record.view.id, Some(now.saturating_add(timing.poll)), false).await?;
+                let sets = schedule(Some(now.saturating_add(timing.poll)), false);
+                apply(tx, record, None, sets, Some(step.lease)).await?;
                 Ok(None)
             }
         }
     }
 
-    /// `provisioning → failed`: frees the GPUs (nothing was billed) and, when a task
-    /// may have reached the node, queues a best-effort removal of the user.
+    /// `provisioning → failed` (with `extra` columns set in the same UPDATE): frees
+    /// the GPUs (nothing was billed) and, when a task may have reached the node, queues
+    /// a best-effort removal of the user.
     async fn fail_provisioning(
         &self,
         tx: &mut Connection,
         record: &mut Record,
-        actor: &Actor,
+        step: &Step<'_>,
         reason: &str,
         cleanup: bool,
+        extra: Sets,
     ) -> Result<(), AllocationError> {
         let change = Change {
             to: AllocationStatus::Failed,
-            actor,
+            actor: step.actor,
             reason: Some(reason),
             subject: Some(events::PROVISIONING_FAILED),
         };
-        transition_in(tx, record, &change).await?;
+        let mut sets = schedule(None, false);
+        sets.extend(extra);
+        apply(tx, record, Some(&change), sets, Some(step.lease)).await?;
         slots::release(tx, &record.view.id).await?;
-        schedule(tx, &record.view.id, None, false).await?;
         if cleanup {
-            queue_cleanup(self, tx, record, actor).await?;
+            queue_cleanup(self, tx, record, step.actor).await?;
         }
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation failed");
         Ok(())
@@ -317,10 +341,10 @@ impl Allocations {
         &self,
         tx: &mut Connection,
         record: &mut Record,
-        actor: &Actor,
-        timing: &Timing,
-        now: Timestamp,
+        task: Option<TaskState>,
+        step: &Step<'_>,
     ) -> Result<Option<String>, AllocationError> {
+        let (timing, now, actor) = (step.timing, step.now, step.actor);
         let Some(task_id) = record.release_task_id.clone() else {
             // A new release phase starts its clock; a retry whose backoff has passed
             // keeps it, and gives up once attempts or time are spent.
@@ -328,48 +352,50 @@ impl Allocations {
                 None => (1, Some(now.saturating_add(timing.release_timeout))),
                 Some(_) if !can_retry(record, timing, now) => {
                     let reason = format!("release failed after {} attempts", record.workflow_attempts);
-                    self.fail_release(tx, record, actor, &reason, now).await?;
+                    self.fail_release(tx, record, step, &reason).await?;
                     return Ok(None);
                 }
                 Some(deadline) => (record.workflow_attempts + 1, Some(deadline)),
             };
-            let task_id = self.queue_revoke_task(tx, record, actor).await?;
+            let task_id = new_id().to_string();
             let due = now.saturating_add(timing.poll);
-            set_task(tx, &record.view.id, TaskColumn::Release, &task_id, attempts, deadline, due).await?;
+            let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
+            apply(tx, record, None, sets, Some(step.lease)).await?;
+            self.queue_revoke_task(tx, record, actor, &task_id).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
-        let task = node_tasks::get(self.store(), &task_id).await?;
+        let task = task.ok_or_else(|| AllocationError::Corrupt(format!("task {task_id} is missing")))?;
         match task.status {
             TaskStatus::Succeeded => {
-                self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
                 let change = Change {
                     to: AllocationStatus::Released,
                     actor,
                     reason: None,
                     subject: Some(events::RELEASING_COMPLETED),
                 };
-                transition_in(tx, record, &change).await?;
+                apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
+                self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
                 slots::release(tx, &record.view.id).await?;
-                schedule(tx, &record.view.id, None, false).await?;
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
                 let error = task.error.unwrap_or_else(|| "no reason given".into());
                 if can_retry(record, timing, now) {
-                    retry_later(tx, record, TaskColumn::Release, timing, now, &error).await?;
+                    retry_later(tx, record, TaskColumn::Release, step, &error).await?;
                     return Ok(None);
                 }
                 let reason = format!("release failed after {} attempts: {error}", record.workflow_attempts);
-                self.fail_release(tx, record, actor, &reason, now).await?;
+                self.fail_release(tx, record, step, &reason).await?;
                 Ok(None)
             }
             TaskStatus::Queued | TaskStatus::Leased => {
                 if now >= record.workflow_deadline.unwrap_or(now) {
                     let reason = format!("release timed out after {} s", timing.release_timeout.as_secs());
-                    self.fail_release(tx, record, actor, &reason, now).await?;
+                    self.fail_release(tx, record, step, &reason).await?;
                     return Ok(None);
                 }
-                schedule(tx, &record.view.id, Some(now.saturating_add(timing.poll)), false).await?;
+                let sets = schedule(Some(now.saturating_add(timing.poll)), false);
+                apply(tx, record, None, sets, Some(step.lease)).await?;
                 Ok(None)
             }
         }
@@ -382,19 +408,17 @@ impl Allocations {
         &self,
         tx: &mut Connection,
         record: &mut Record,
-        actor: &Actor,
+        step: &Step<'_>,
         reason: &str,
-        now: Timestamp,
     ) -> Result<(), AllocationError> {
-        self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
         let change = Change {
             to: AllocationStatus::ReleaseFailed,
-            actor,
+            actor: step.actor,
             reason: Some(reason),
             subject: Some(events::RELEASE_FAILED),
         };
-        transition_in(tx, record, &change).await?;
-        schedule(tx, &record.view.id, None, false).await?;
+        apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
+        self.stop_metering(tx, &record.view.id, step.now, &step.actor.correlation_id).await?;
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation release failed");
         Ok(())
     }
@@ -404,14 +428,15 @@ impl Allocations {
         tx: &mut Connection,
         record: &Record,
         actor: &Actor,
-    ) -> Result<String, AllocationError> {
+        task_id: &str,
+    ) -> Result<(), AllocationError> {
         let task = Task::RevokeUser(RevokeUserParams {
             allocation_id: record.view.id.clone(),
             username: record.ssh_username.clone(),
             // The allocation is over: its home directory goes with the user.
             remove_home: true,
         });
-        Ok(self.nodes().enqueue_task_in(tx, actor, &record.view.node_id, &task).await?)
+        Ok(self.nodes().enqueue_task_with_id_in(tx, actor, &record.view.node_id, &task, task_id).await?)
     }
 
     /// Makes an allocation due now, e.g. on a lifecycle event; harmless when it has
@@ -439,13 +464,31 @@ pub(crate) async fn queue_cleanup(
     record: &Record,
     actor: &Actor,
 ) -> Result<Option<String>, AllocationError> {
-    match allocations.queue_revoke_task(tx, record, actor).await {
-        Ok(_) => Ok(Some(record.view.node_id.clone())),
+    match allocations.queue_revoke_task(tx, record, actor, &new_id().to_string()).await {
+        Ok(()) => Ok(Some(record.view.node_id.clone())),
         Err(AllocationError::Inventory(error)) => {
             tracing::warn!(allocation_id = %record.view.id, %error, "cleanup task not queued");
             Ok(None)
         }
         Err(error) => Err(error),
+    }
+}
+
+/// What one step knows besides the row: its claim, the pass's timing, the time it
+/// started and who it acts as.
+struct Step<'a> {
+    lease: i64,
+    timing: &'a Timing,
+    now: Timestamp,
+    actor: &'a Actor,
+}
+
+/// The node task the row's current phase waits on, if any.
+fn current_task(record: &Record) -> Option<&str> {
+    match record.view.status {
+        AllocationStatus::Provisioning => record.provision_task_id.as_deref(),
+        AllocationStatus::Releasing => record.release_task_id.as_deref(),
+        _ => None,
     }
 }
 
@@ -479,45 +522,28 @@ fn can_retry(record: &Record, timing: &Timing, now: Timestamp) -> bool {
 /// back after the backoff, when the next step queues the new one.
 async fn retry_later(
     tx: &mut Connection,
-    record: &Record,
+    record: &mut Record,
     column: TaskColumn,
-    timing: &Timing,
-    now: Timestamp,
+    step: &Step<'_>,
     error: &str,
 ) -> Result<(), AllocationError> {
-    let due = now.saturating_add(backoff(timing, record.workflow_attempts));
-    let sql = format!(
-        "UPDATE allocations SET {} = NULL, workflow_due_at = $1, workflow_lease_until = NULL WHERE id = $2",
-        column.name()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due.as_micros()).bind(&record.view.id).execute(&mut *tx).await?;
+    let due = step.now.saturating_add(backoff(step.timing, record.workflow_attempts));
+    let mut sets = schedule(Some(due), false);
+    sets.push((column.name(), Value::Text(None)));
+    apply(tx, record, None, sets, Some(step.lease)).await?;
     tracing::info!(allocation_id = %record.view.id, attempts = record.workflow_attempts, %error, ?column, "node task failed; retrying after backoff");
     Ok(())
 }
 
-async fn set_task(
-    tx: &mut Connection,
-    allocation_id: &str,
-    column: TaskColumn,
-    task_id: &str,
-    attempts: i64,
-    deadline: Option<Timestamp>,
-    due_at: Timestamp,
-) -> Result<(), AllocationError> {
-    let sql = format!(
-        "UPDATE allocations SET {} = $1, workflow_attempts = $2, workflow_deadline = $3, \
-         workflow_due_at = $4, workflow_lease_until = NULL WHERE id = $5",
-        column.name()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(task_id)
-        .bind(attempts)
-        .bind(deadline.map(Timestamp::as_micros))
-        .bind(due_at.as_micros())
-        .bind(allocation_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+/// The columns that record a queued task of the phase and when to look at it next.
+fn set_task(column: TaskColumn, task_id: &str, attempts: i64, deadline: Option<Timestamp>, due_at: Timestamp) -> Sets {
+    vec![
+        (column.name(), Value::Text(Some(task_id.to_owned()))),
+        ("workflow_attempts", Value::Int(Some(attempts))),
+        ("workflow_deadline", Value::Int(deadline.map(Timestamp::as_micros))),
+        ("workflow_due_at", Value::Int(Some(due_at.as_micros()))),
+        ("workflow_lease_until", Value::Int(None)),
+    ]
 }
 
 /// Durable consumer names and filters of the allocation workers.

@@ -43,6 +43,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112341_free_gpus.sql"),
         postgres: include_str!("../migrations/2026112341_free_gpus.sql"),
     },
+    Migration {
+        version: 2026112470,
+        name: "placement_order",
+        sqlite: include_str!("../migrations/2026112470_placement_order.sql"),
+        postgres: include_str!("../migrations/2026112470_placement_order.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.

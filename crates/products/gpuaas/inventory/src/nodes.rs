@@ -435,18 +435,40 @@ pub(crate) async fn lock_status(
     NodeStatus::parse(&status).ok_or(InventoryError::Corrupt(status))
 }
 
-/// [`lock_status`] without waiting: `None` when another transaction holds the node.
-/// For a caller that already holds another node's lock, so two of them can never wait
-/// on each other.
-pub(crate) async fn try_lock_status(
+/// How a transaction locks a node's row on PostgreSQL (SQLite's one writer already
+/// excludes the others). Lifecycle changes (drain, retire, enrollment) take
+/// [`lock_status`], which excludes both of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeLock {
+    /// Placement: excludes other placements and lifecycle changes, not task enqueues.
+    Place,
+    /// Task enqueue: only keeps the status from changing until the commit, so queueing
+    /// a task never waits for a placement on the same node.
+    Enqueue,
+}
+
+impl NodeLock {
+    pub(crate) const fn clause(self, dialect: gpuaas_store::Dialect) -> &'static str {
+        match (dialect, self) {
+            (gpuaas_store::Dialect::Sqlite, _) => "",
+            (gpuaas_store::Dialect::Postgres, NodeLock::Place) => " FOR NO KEY UPDATE",
+            (gpuaas_store::Dialect::Postgres, NodeLock::Enqueue) => " FOR KEY SHARE",
+        }
+    }
+}
+
+/// The node's status under `lock` (see [`NodeLock`]).
+pub(crate) async fn status_under(
     connection: &mut Connection,
     dialect: gpuaas_store::Dialect,
     node_id: &str,
-) -> Result<Option<NodeStatus>, InventoryError> {
-    let sql = format!("SELECT status FROM nodes WHERE id = $1{}", dialect.skip_locked());
+    lock: NodeLock,
+) -> Result<NodeStatus, InventoryError> {
+    let sql = format!("SELECT status FROM nodes WHERE id = $1{}", lock.clause(dialect));
     let status: Option<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(node_id).fetch_optional(&mut *connection).await?;
-    status.map(|status| NodeStatus::parse(&status).ok_or(InventoryError::Corrupt(status))).transpose()
+    let status = status.ok_or(InventoryError::NotFound("node"))?;
+    NodeStatus::parse(&status).ok_or(InventoryError::Corrupt(status))
 }
 
 pub(crate) async fn publish(

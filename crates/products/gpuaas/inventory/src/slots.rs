@@ -8,6 +8,7 @@ use gpuaas_store::{Connection, Dialect};
 use serde::{Deserialize, Serialize};
 
 use crate::InventoryError;
+use crate::nodes::NodeLock;
 
 /// How placement picks among nodes that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,77 +44,108 @@ pub async fn reserve(
         PlacementStrategy::BestFit => "free_gpus ASC",
         PlacementStrategy::Spread => "free_gpus DESC",
     };
-    let sql = format!(
-        "SELECT id FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2 ORDER BY {order}, id LIMIT 16"
-    );
-    let candidates: Vec<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sku_id).bind(gpu_count).fetch_all(&mut *connection).await?;
     let now = Timestamp::now().as_micros();
-    // Lock a node before claiming on it: retire and drain take the same lock, so a
-    // node cannot be retired between the check and the claim. Candidates another
-    // placement holds are skipped, so concurrent placements spread over the best few
-    // nodes instead of queueing on the single best one, and a placement never waits
-    // for a node while holding another (two could deadlock). Only when every candidate
-    // is held does it wait, for the best one, holding none.
-    let mut order: Vec<(String, bool)> = candidates.iter().map(|id| (id.clone(), false)).collect();
-    if let Some(best) = candidates.first() {
-        order.push((best.clone(), true));
-    }
-    let mut locked_any = false;
-    for (node_id, wait) in order {
-        if wait && locked_any {
-            break;
-        }
-        let status = if wait {
-            Some(crate::nodes::lock_status(connection, dialect, &node_id).await?)
-        } else {
-            crate::nodes::try_lock_status(connection, dialect, &node_id).await?
-        };
-        if status.is_some() {
-            locked_any = true;
-        }
-        if status != Some(crate::NodeStatus::Active) {
-            continue;
-        }
+    // Lock a node before claiming on it: retire and drain take a lock that excludes
+    // this one, so a node cannot be retired between the check and the claim (task
+    // enqueues take a weaker one that does not wait for placements). One statement finds the
+    // best node that fits and locks it, skipping nodes another placement holds (on
+    // PostgreSQL the WHERE is checked again on the row it locks, so the node is active
+    // and has the room when it is returned). Concurrent placements thus spread over
+    // the best few nodes instead of queueing on the single best one, and a placement
+    // never waits for a node while holding another (two could deadlock). A node whose
+    // free slots turn out to be held (a release in flight) is left for the next one.
+    let mut tried: Vec<String> = Vec::new();
+    while tried.len() < MAX_CANDIDATES {
+        let excluded: Vec<String> = (0..tried.len()).map(|index| format!("${}", index + 3)).collect();
+        let excluded =
+            if excluded.is_empty() { String::new() } else { format!(" AND id NOT IN ({})", excluded.join(", ")) };
         let sql = format!(
-            "SELECT gpu_index FROM node_resource_slots WHERE node_id = $1 AND allocation_id IS NULL \
-             ORDER BY gpu_index LIMIT $2{}",
-            dialect.skip_locked()
+            "SELECT id FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2{excluded} \
+             ORDER BY {order}, id LIMIT 1{}",
+            match dialect {
+                Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+                Dialect::Sqlite => "",
+            }
         );
-        let free: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(&node_id)
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sku_id).bind(gpu_count);
+        for id in &tried {
+            query = query.bind(id);
+        }
+        let Some(node_id): Option<String> = query.fetch_optional(&mut *connection).await? else { break };
+        if let Some(gpu_indices) = claim_on(connection, dialect, &node_id, gpu_count, allocation_id, now).await? {
+            return Ok(Some(Reservation { node_id, gpu_indices }));
+        }
+        tried.push(node_id);
+    }
+    if !tried.is_empty() {
+        return Ok(None);
+    }
+    // Every node that fits is held by another placement (or none fits): wait for the
+    // best one, holding none.
+    let sql = format!(
+        "SELECT id FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2 ORDER BY {order}, id LIMIT 1"
+    );
+    let best: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(sku_id)
+        .bind(gpu_count)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let Some(node_id) = best else { return Ok(None) };
+    if crate::nodes::status_under(connection, dialect, &node_id, NodeLock::Place).await? != crate::NodeStatus::Active {
+        return Ok(None);
+    }
+    let claimed = claim_on(connection, dialect, &node_id, gpu_count, allocation_id, now).await?;
+    Ok(claimed.map(|gpu_indices| Reservation { node_id, gpu_indices }))
+}
+
+/// Most nodes one placement tries before answering that none has room.
+const MAX_CANDIDATES: usize = 16;
+
+/// Claims `gpu_count` free slots on a node the caller has locked, and takes them off
+/// its free count; `None` (and nothing claimed) when they are not all to be had.
+async fn claim_on(
+    connection: &mut Connection,
+    dialect: Dialect,
+    node_id: &str,
+    gpu_count: i64,
+    allocation_id: &str,
+    now: i64,
+) -> Result<Option<Vec<i64>>, InventoryError> {
+    let sql = format!(
+        "SELECT gpu_index FROM node_resource_slots WHERE node_id = $1 AND allocation_id IS NULL \
+         ORDER BY gpu_index LIMIT $2{}",
+        dialect.skip_locked()
+    );
+    let free: Vec<i64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(node_id).bind(gpu_count).fetch_all(&mut *connection).await?;
+    if (free.len() as i64) < gpu_count {
+        return Ok(None);
+    }
+    // The rows are ours (locked above, skipping any another transaction holds): one
+    // UPDATE claims them all, still conditioned on each being free.
+    let placeholders: Vec<String> = (0..free.len()).map(|index| format!("${}", index + 4)).collect();
+    let sql = format!(
+        "UPDATE node_resource_slots SET allocation_id = $2, reserved_at = $3 \
+         WHERE node_id = $1 AND allocation_id IS NULL AND gpu_index IN ({}) RETURNING gpu_index",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(node_id).bind(allocation_id).bind(now);
+    for index in &free {
+        query = query.bind(*index);
+    }
+    let mut claimed: Vec<i64> = query.fetch_all(&mut *connection).await?;
+    claimed.sort_unstable();
+    if claimed.len() as i64 == gpu_count {
+        sqlx::query("UPDATE nodes SET free_gpus = free_gpus - $2 WHERE id = $1")
+            .bind(node_id)
             .bind(gpu_count)
-            .fetch_all(&mut *connection)
+            .execute(&mut *connection)
             .await?;
-        if (free.len() as i64) < gpu_count {
-            continue;
-        }
-        // The rows are ours (locked above, skipping any another placement holds): one
-        // UPDATE claims them all, still conditioned on each being free.
-        let placeholders: Vec<String> = (0..free.len()).map(|index| format!("${}", index + 4)).collect();
-        let sql = format!(
-            "UPDATE node_resource_slots SET allocation_id = $2, reserved_at = $3 \
-             WHERE node_id = $1 AND allocation_id IS NULL AND gpu_index IN ({}) RETURNING gpu_index",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&node_id).bind(allocation_id).bind(now);
-        for index in &free {
-            query = query.bind(*index);
-        }
-        let mut claimed: Vec<i64> = query.fetch_all(&mut *connection).await?;
-        claimed.sort_unstable();
-        if claimed.len() as i64 == gpu_count {
-            sqlx::query("UPDATE nodes SET free_gpus = free_gpus - $2 WHERE id = $1")
-                .bind(&node_id)
-                .bind(gpu_count)
-                .execute(&mut *connection)
-                .await?;
-            return Ok(Some(Reservation { node_id, gpu_indices: claimed }));
-        }
-        // Lost a race for part of this node: give back what we took (its count was not
-        // taken yet) and try the next.
-        unclaim(connection, allocation_id).await?;
+        return Ok(Some(claimed));
     }
+    // Lost a race for part of this node: give back what we took (its count was not
+    // taken yet).
+    unclaim(connection, allocation_id).await?;
     Ok(None)
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
-use crate::nodes::NodeStatus;
+use crate::nodes::{NodeLock, NodeStatus};
 use crate::{Actor, InventoryError, NodePlane};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -161,6 +161,34 @@ pub async fn get(store: &Store, task_id: &str) -> Result<NodeTask, InventoryErro
     row.as_ref().map(task_from_row).transpose()?.ok_or(InventoryError::NotFound("task"))
 }
 
+/// Where a task stands, as the provisioning workflow needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub status: TaskStatus,
+    pub error: Option<String>,
+}
+
+/// The state of each of `task_ids` that exists, in one read (the workflow's runner
+/// looks at a whole claimed batch at once).
+pub async fn states(store: &Store, task_ids: &[&str]) -> Result<HashMap<String, TaskState>, InventoryError> {
+    let mut states = HashMap::with_capacity(task_ids.len());
+    // Bounded IN lists: well under either engine's limit on parameters.
+    for chunk in task_ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|index| format!("${index}")).collect();
+        let sql = format!("SELECT id, status, error FROM node_tasks WHERE id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(store.pool()).await? {
+            let status: String = row.try_get("status")?;
+            let status = TaskStatus::parse(&status).ok_or(InventoryError::Corrupt(status))?;
+            states.insert(row.try_get("id")?, TaskState { status, error: row.try_get("error")? });
+        }
+    }
+    Ok(states)
+}
+
 /// A node's tasks, newest first.
 pub async fn list_for_node(
     store: &Store,
@@ -212,13 +240,28 @@ impl NodePlane {
         node_id: &str,
         task: &Task,
     ) -> Result<String, InventoryError> {
+        let id = new_id().to_string();
+        self.enqueue_task_with_id_in(connection, actor, node_id, task, &id).await?;
+        Ok(id)
+    }
+
+    /// [`Self::enqueue_task_in`] under an id the caller chose (from
+    /// [`gpuaas_kernel::new_id`]), so a workflow can record the id in the row it
+    /// updates first, before it takes the node's lock.
+    pub async fn enqueue_task_with_id_in(
+        &self,
+        connection: &mut gpuaas_store::Connection,
+        actor: &Actor,
+        node_id: &str,
+        task: &Task,
+        id: &str,
+    ) -> Result<(), InventoryError> {
         task.validate().map_err(|message| InventoryError::invalid("params", message))?;
         let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
         let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
-        let id = new_id().to_string();
         let now = Timestamp::now();
         let params = task.params().to_string();
-        match crate::nodes::lock_status(connection, self.store().dialect(), node_id).await? {
+        match crate::nodes::status_under(connection, self.store().dialect(), node_id, NodeLock::Enqueue).await? {
             NodeStatus::Retired => return Err(InventoryError::NodeRetired),
             NodeStatus::PendingEnrollment => {
                 return Err(InventoryError::Conflict("the node has not enrolled yet".into()));
@@ -229,7 +272,7 @@ impl NodePlane {
             "INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
              correlation_id, created_by, created_at) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8, $9)",
         )
-        .bind(&id)
+        .bind(id)
         .bind(node_id)
         .bind(task.task_type().as_str())
         .bind(&params)
@@ -240,7 +283,7 @@ impl NodePlane {
         .bind(now.as_micros())
         .execute(&mut *connection)
         .await?;
-        Ok(id)
+        Ok(())
     }
 
     /// Wakes this process's parked pull of `node_id`, if any.
@@ -310,14 +353,21 @@ impl NodePlane {
              RETURNING id, task_type, params, expires_at",
             self.store().dialect().skip_locked()
         );
-        let mut tx = self.store().begin().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(node_id)
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node_id.to_owned())
             .bind(now.as_micros())
-            .bind(lease_until.as_micros())
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .bind(lease_until.as_micros());
+        let rows = match self.store().dialect() {
+            // One statement is its own transaction on PostgreSQL: no BEGIN and COMMIT
+            // round trips. SQLite's writers take turns through `Store::begin`.
+            gpuaas_store::Dialect::Postgres => query.fetch_all(self.store().pool()).await?,
+            gpuaas_store::Dialect::Sqlite => {
+                let mut tx = self.store().begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+        };
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("id")?;
@@ -372,6 +422,38 @@ impl NodePlane {
         if output.len() > 1 << 20 {
             return Err(InventoryError::invalid("output", "at most 1 MiB"));
         }
+        let now = Timestamp::now().as_micros();
+        // The common case in one statement: a leased task that is not an inventory
+        // (whose output is checked first) finishing without a refusal (which is audited
+        // in the same transaction). On PostgreSQL it is its own transaction; SQLite's
+        // writers take turns through `Store::begin`. Anything else (not leased, not
+        // this node's, an inventory, a refusal) takes the path below.
+        if refusal_code.is_none() {
+            let sql = format!(
+                "UPDATE node_tasks SET status = $3, result = $4, error = $5, completed_at = $6 \
+                 WHERE id = $1 AND node_id = $2 AND status = 'leased' AND task_type <> '{}' RETURNING {TASK_COLUMNS}",
+                TaskType::NodeInventory.as_str()
+            );
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(task_id.to_owned())
+                .bind(node_id.to_owned())
+                .bind(status.as_str())
+                .bind(output.clone())
+                .bind(error.clone())
+                .bind(now);
+            let row = match self.store().dialect() {
+                gpuaas_store::Dialect::Postgres => query.fetch_optional(self.store().pool()).await?,
+                gpuaas_store::Dialect::Sqlite => {
+                    let mut tx = self.store().begin().await?;
+                    let row = query.fetch_optional(&mut *tx).await?;
+                    tx.commit().await?;
+                    row
+                }
+            };
+            if let Some(row) = row {
+                return task_from_row(&row);
+            }
+        }
         let mut tx = self.store().begin().await?;
         let sql = format!("SELECT {TASK_COLUMNS} FROM node_tasks WHERE id = $1 AND node_id = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(task_id).bind(node_id).fetch_optional(&mut *tx).await?;
@@ -392,19 +474,21 @@ impl NodePlane {
         } else {
             None
         };
-        let now = Timestamp::now().as_micros();
-        sqlx::query(
+        // RETURNING gives the finished task without reading it again after the commit.
+        let sql = format!(
             "UPDATE node_tasks SET status = $2, result = $3, error = $4, refusal_code = $5, completed_at = $6 \
-             WHERE id = $1",
-        )
-        .bind(task_id)
-        .bind(status.as_str())
-        .bind(output)
-        .bind(error.clone())
-        .bind(refusal_code)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+             WHERE id = $1 RETURNING {TASK_COLUMNS}"
+        );
+        let finished = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(task_id)
+            .bind(status.as_str())
+            .bind(output)
+            .bind(error.clone())
+            .bind(refusal_code)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let finished = task_from_row(&finished)?;
         if let Some(inventory) = &inventory {
             crate::nodes::store_inventory(&mut tx, node_id, inventory, now).await?;
         }
@@ -421,7 +505,7 @@ impl NodePlane {
         if let Some(code) = refusal_code {
             tracing::warn!(node_id, task_id, refusal_code = code, "node refused a task delivery");
         }
-        get(self.store(), task_id).await
+        Ok(finished)
     }
 
     /// Hands out again tasks whose lease ran out (or fails them when their attempts
