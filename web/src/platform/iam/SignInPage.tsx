@@ -72,47 +72,47 @@ export function SignInPage({ reason }: { reason?: string }) {
         {providers.data?.password === false ? (
           <p className="notice">Password sign-in is disabled on this installation.</p>
         ) : (
-        <form onSubmit={(event) => void submit(event)} noValidate>
-          <Field label="Email">
-            {(props) => (
-              <input
-                {...props}
-                type="email"
-                name="email"
-                autoComplete="username"
-                required
-                value={email}
-                onChange={(event) => setEmail(event.target.value)}
-              />
-            )}
-          </Field>
-          <Field label="Password">
-            {(props) => (
-              <input
-                {...props}
-                type="password"
-                name="password"
-                autoComplete="current-password"
-                required
-                value={password}
-                onChange={(event) => setPassword(event.target.value)}
-              />
-            )}
-          </Field>
-          {message ? (
-            <div className="form-error" role="alert">
-              <p>{message}</p>
-              {error?.correlationId ? (
-                <p className="correlation">
-                  Correlation id: <code>{error.correlationId}</code>
-                </p>
-              ) : null}
-            </div>
-          ) : null}
-          <button type="submit" className="button button-primary button-wide" disabled={busy || !email || !password}>
-            {busy ? "Signing in…" : "Sign in"}
-          </button>
-        </form>
+          <form onSubmit={(event) => void submit(event)} noValidate>
+            <Field label="Email">
+              {(props) => (
+                <input
+                  {...props}
+                  type="email"
+                  name="email"
+                  autoComplete="username"
+                  required
+                  value={email}
+                  onChange={(event) => setEmail(event.target.value)}
+                />
+              )}
+            </Field>
+            <Field label="Password">
+              {(props) => (
+                <input
+                  {...props}
+                  type="password"
+                  name="password"
+                  autoComplete="current-password"
+                  required
+                  value={password}
+                  onChange={(event) => setPassword(event.target.value)}
+                />
+              )}
+            </Field>
+            {message ? (
+              <div className="form-error" role="alert">
+                <p>{message}</p>
+                {error?.correlationId ? (
+                  <p className="correlation">
+                    Correlation id: <code>{error.correlationId}</code>
+                  </p>
+                ) : null}
+              </div>
+            ) : null}
+            <button type="submit" className="button button-primary button-wide" disabled={busy || !email || !password}>
+              {busy ? "Signing in…" : "Sign in"}
+            </button>
+          </form>
         )}
         {providers.data?.oidc ? (
           <>
