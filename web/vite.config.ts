@@ -10,6 +10,13 @@ export default defineConfig({
     emptyOutDir: true,
     sourcemap: false,
     chunkSizeWarningLimit: 400,
+    rollupOptions: {
+      // "use client" marks server-component boundaries; meaningless in a SPA bundle.
+      onwarn(warning, warn) {
+        if (warning.code === "MODULE_LEVEL_DIRECTIVE") return;
+        warn(warning);
+      },
+    },
   },
   server: {
     // `npm run dev` proxies the API to a running `gpuaas up`.
