@@ -21,6 +21,41 @@ type NewSku = components["schemas"]["NewSku"];
 export const SKUS_KEY = ["admin", "skus"] as const;
 
 /** Every SKU (active or not); the catalog is small, so one request. */
+/** A required whole number ≥ 1 (counts and sizes of the SKU form). */
+function WholeNumberField({
+  label,
+  hint,
+  max,
+  value,
+  error,
+  onChange,
+}: {
+  label: string;
+  hint?: string;
+  max?: number;
+  value: string;
+  error: string | null;
+  onChange: (value: string) => void;
+}) {
+  return (
+    <Field label={label} error={error} hint={hint}>
+      {(props) => (
+        <input
+          {...props}
+          type="number"
+          min={1}
+          max={max}
+          step={1}
+          inputMode="numeric"
+          value={value}
+          onChange={(event) => onChange(event.target.value)}
+          required
+        />
+      )}
+    </Field>
+  );
+}
+
 export function useAdminSkus() {
   const api = useApi();
   return useQuery({
@@ -251,64 +286,10 @@ export function CreateSkuModal({ open, onClose }: { open: boolean; onClose: () =
         <Field label="GPU model" error={errorFor("gpuModel")} hint="e.g. NVIDIA H100 80GB HBM3">
           {(props) => <input {...props} value={form.gpuModel} onChange={(e) => set("gpuModel")(e.target.value)} required />}
         </Field>
-        <Field label="GPUs per node" error={errorFor("gpusPerNode")}>
-          {(props) => (
-            <input
-              {...props}
-              type="number"
-              min={1}
-              max={64}
-              step={1}
-              inputMode="numeric"
-              value={form.gpusPerNode}
-              onChange={(e) => set("gpusPerNode")(e.target.value)}
-              required
-            />
-          )}
-        </Field>
-        <Field label="GPU memory (MiB)" error={errorFor("gpuMemoryMib")} hint="Per GPU; 81920 for an 80 GB card.">
-          {(props) => (
-            <input
-              {...props}
-              type="number"
-              min={1}
-              step={1}
-              inputMode="numeric"
-              value={form.gpuMemoryMib}
-              onChange={(e) => set("gpuMemoryMib")(e.target.value)}
-              required
-            />
-          )}
-        </Field>
-        <Field label="vCPUs per node" error={errorFor("vcpusPerNode")}>
-          {(props) => (
-            <input
-              {...props}
-              type="number"
-              min={1}
-              max={4096}
-              step={1}
-              inputMode="numeric"
-              value={form.vcpusPerNode}
-              onChange={(e) => set("vcpusPerNode")(e.target.value)}
-              required
-            />
-          )}
-        </Field>
-        <Field label="Memory per node (GiB)" error={errorFor("memoryGib")}>
-          {(props) => (
-            <input
-              {...props}
-              type="number"
-              min={1}
-              step={1}
-              inputMode="numeric"
-              value={form.memoryGib}
-              onChange={(e) => set("memoryGib")(e.target.value)}
-              required
-            />
-          )}
-        </Field>
+        <WholeNumberField label="GPUs per node" max={64} value={form.gpusPerNode} error={errorFor("gpusPerNode")} onChange={set("gpusPerNode")} />
+        <WholeNumberField label="GPU memory (MiB)" hint="Per GPU; 81920 for an 80 GB card." value={form.gpuMemoryMib} error={errorFor("gpuMemoryMib")} onChange={set("gpuMemoryMib")} />
+        <WholeNumberField label="vCPUs per node" max={4096} value={form.vcpusPerNode} error={errorFor("vcpusPerNode")} onChange={set("vcpusPerNode")} />
+        <WholeNumberField label="Memory per node (GiB)" value={form.memoryGib} error={errorFor("memoryGib")} onChange={set("memoryGib")} />
         <Field
           label="Price per GPU-hour"
           error={errorFor("price")}
