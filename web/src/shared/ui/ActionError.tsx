@@ -6,7 +6,8 @@ import { CopyButton } from "./CopyButton";
  * A failed action, next to the form or button that caused it: what happened, what to
  * do (with `next`, e.g. a link to Billing), and the correlation id for support.
  * `title`/`advice` replace the generic words when the page knows better (a refund
- * window, say); `what` names the action ("Export").
+ * window, say); `what` names the action ("Export"). With `shownAtField` the message is
+ * already under the field it names, so only the correlation id is added here.
  */
 export function ActionError({
   error,
@@ -16,6 +17,7 @@ export function ActionError({
   next,
   testId,
   showMessage = true,
+  shownAtField = false,
 }: {
   error: unknown;
   what?: string;
@@ -24,9 +26,17 @@ export function ActionError({
   next?: ReactNode;
   testId?: string;
   showMessage?: boolean;
+  shownAtField?: boolean;
 }) {
   if (error === null || error === undefined) return null;
   const apiError = toApiError(error);
+  if (shownAtField) {
+    return apiError.correlationId ? (
+      <p className="correlation" role="alert">
+        {what ? `${what}. ` : ""}Correlation id: <code data-testid="correlation-id">{apiError.correlationId}</code>
+      </p>
+    ) : null;
+  }
   const words = describeError(apiError);
   const heading = title ?? words.title;
   return (

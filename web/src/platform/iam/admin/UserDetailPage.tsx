@@ -175,12 +175,7 @@ function AdjustBalanceModal({
             <textarea {...props} name="reason" maxLength={MAX_REASON} value={reason} onChange={(event) => setReason(event.target.value)} />
           )}
         </Field>
-        {error && !tied ? <ActionError error={error} /> : null}
-        {error && tied && error.correlationId ? (
-          <p className="correlation">
-            Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
-          </p>
-        ) : null}
+        <ActionError error={error} shownAtField={tied} />
       </form>
       <div className="modal-actions">
         <button type="button" className="button" onClick={onClose}>
@@ -356,12 +351,7 @@ function RefundModal({
             <textarea {...props} name="reason" maxLength={MAX_REASON} value={reason} onChange={(event) => setReason(event.target.value)} />
           )}
         </Field>
-        {error && !tied ? <ActionError error={error} {...words} /> : null}
-        {error && tied && error.correlationId ? (
-          <p className="correlation">
-            Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
-          </p>
-        ) : null}
+        <ActionError error={error} {...words} shownAtField={tied} />
       </form>
       <div className="modal-actions">
         <button type="button" className="button" onClick={onClose}>

@@ -128,12 +128,7 @@ function CreateUserModal({ open, onClose, onCreated }: { open: boolean; onClose:
             />
           )}
         </Field>
-        {error && !fieldError ? <ActionError error={error} /> : null}
-        {error && fieldError && error.correlationId ? (
-          <p className="correlation">
-            Correlation id: <code data-testid="correlation-id">{error.correlationId}</code>
-          </p>
-        ) : null}
+        <ActionError error={error} shownAtField={Boolean(fieldError)} />
       </form>
       <div className="modal-actions">
         <button type="button" className="button" onClick={onClose}>

@@ -172,13 +172,11 @@ export function RegisterNodeModal({ open, onClose }: { open: boolean; onClose: (
               </select>
             )}
           </Field>
-          {serverError !== null && serverHostError === null && serverSkuError === null && serverModeError === null ? (
-            <ActionError error={serverError} what="The node was not registered" />
-          ) : serverError !== null && serverError.correlationId ? (
-            <p className="correlation" role="alert">
-              The node was not registered (correlation id <code>{serverError.correlationId}</code>).
-            </p>
-          ) : null}
+          <ActionError
+            error={serverError}
+            what="The node was not registered"
+            shownAtField={serverHostError !== null || serverSkuError !== null || serverModeError !== null}
+          />
           <div className="modal-actions">
             <button type="button" className="button" onClick={close}>
               Cancel

@@ -318,12 +318,7 @@ export function CreateSkuModal({ open, onClose }: { open: boolean; onClose: () =
             />
           )}
         </Field>
-        {serverError !== null && serverField === null ? <ActionError error={serverError} what="The SKU was not created" /> : null}
-        {serverError !== null && serverField !== null && serverError.correlationId ? (
-          <p className="correlation" role="alert">
-            The SKU was not created (correlation id <code>{serverError.correlationId}</code>).
-          </p>
-        ) : null}
+        <ActionError error={serverError} what="The SKU was not created" shownAtField={serverField !== null} />
         <div className="modal-actions">
           <button type="button" className="button" onClick={close}>
             Cancel
