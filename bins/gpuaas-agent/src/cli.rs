@@ -219,7 +219,7 @@ async fn run_command(args: RunArgs) -> u8 {
         }
     }
     let driver: Arc<dyn HostDriver> = match args.driver {
-        DriverKind::Linux => Arc::new(LinuxHostDriver::new(LinuxHostConfig::for_host())),
+        DriverKind::Linux => Arc::new(LinuxHostDriver::new(LinuxHostConfig::for_host_with_state(&args.state_dir))),
         DriverKind::Noop => Arc::new(NoopDriver::default()),
     };
     let common_name = args.hostname.clone().unwrap_or_else(enroll::detect_hostname);
@@ -231,6 +231,7 @@ async fn run_command(args: RunArgs) -> u8 {
         start_delay: std::time::Duration::ZERO,
     };
     let shutdown = shutdown_on_signal();
+    tokio::spawn(runtime::enforce_grants_loop(options.driver.clone(), shutdown.clone()));
     match runtime::run_agent(options, shutdown).await {
         Ok(()) => 0,
         Err(error) => {

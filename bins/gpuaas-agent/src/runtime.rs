@@ -236,6 +236,27 @@ pub async fn run_agent(options: AgentOptions, shutdown: CancellationToken) -> Re
     outcome
 }
 
+/// How often [`enforce_grants_loop`] checks the GPU device files.
+pub const GRANT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Restores GPU grants that another root process on the host reset (see
+/// [`HostDriver::enforce_gpu_grants`]) until `shutdown`. Runs beside the agent on a
+/// real host; the checks are a few `stat`s.
+pub async fn enforce_grants_loop(driver: Arc<dyn HostDriver>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(GRANT_CHECK_INTERVAL) => {}
+        }
+        let driver = driver.clone();
+        match tokio::task::spawn_blocking(move || driver.enforce_gpu_grants()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => warn!(%error, "could not check GPU grants"),
+            Err(error) => warn!(%error, "GPU grant check did not finish"),
+        }
+    }
+}
+
 async fn collect_inventory(shared: &Arc<Shared>) -> Option<Inventory> {
     let (driver, options) = (shared.driver.clone(), shared.inventory.clone());
     match tokio::task::spawn_blocking(move || inventory::collect(&options, driver.as_ref())).await {

@@ -209,6 +209,9 @@ fn provision_creates_the_user_keys_gpu_access_and_limits() {
     assert!(!fs::read_to_string("/etc/passwd").unwrap_or_default().contains("ga_alpha"), "real /etc untouched");
     assert_eq!(report["uid"], uid);
     assert_eq!(report["created_user"], true);
+    // Key-only and not locked: sshd without PAM refuses a "!" password as a locked account.
+    let shadow = host.etc("shadow");
+    assert!(shadow.lines().any(|line| line.starts_with("ga_alpha:*:")), "{shadow}");
 
     let home = host.home("ga_alpha");
     assert_eq!(owner_mode(&home), (uid, gid, 0o700));
@@ -301,6 +304,71 @@ fn missing_device_files_are_skipped_and_reported() {
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!(skipped[0]["step"], "gpu_device");
     assert!(skipped[0]["target"].as_str().is_some_and(|target| target.ends_with("/dev/nvidia9")));
+}
+
+/// What NVML does as root on a host with `ModifyDeviceFiles=1`: every device file back
+/// to the driver's `root:root 0666`.
+fn reset_like_the_nvidia_driver(host: &Host) {
+    for index in 0..DEVICES {
+        let path = host.device(index);
+        std::os::unix::fs::lchown(&path, Some(0), Some(0)).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(WORLD_OPEN)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn grants_undone_by_the_nvidia_driver_are_restored_and_only_while_they_last() {
+    let Some(host) = throwaway("grants_undone_by_the_nvidia_driver_are_restored_and_only_while_they_last") else {
+        return;
+    };
+    let params_file = host.root().join("proc/driver/nvidia/params");
+    fs::create_dir_all(params_file.parent().unwrap_or(host.root())).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(&params_file, "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 1\nDeviceFileMode: 438\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = ok(host.driver.provision_user(&provision("ga_kept", "alloc-k", &[key(9, "k")], &[1, 2])));
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("ModifyDeviceFiles=1"), "{warnings}");
+    let (_, gid, ..) = host.user("ga_kept").unwrap_or_else(|| panic!("ga_kept not in passwd"));
+    assert_eq!(ok_list(host.driver.enforce_gpu_grants()), Vec::<String>::new(), "nothing to repair yet");
+
+    reset_like_the_nvidia_driver(&host);
+    let repaired = ok_list(host.driver.enforce_gpu_grants());
+    assert_eq!(repaired, [host.device(1), host.device(2)].map(|path| path.display().to_string()));
+    for index in [1, 2] {
+        assert_eq!(owner_mode(&host.device(index)), (0, gid, 0o660), "nvidia{index} granted again");
+    }
+    for index in [0, 3] {
+        assert_eq!(owner_mode(&host.device(index)), (0, 0, WORLD_OPEN), "unassigned nvidia{index} left alone");
+    }
+    // The inventory reads NVML, so it restores the grants too.
+    reset_like_the_nvidia_driver(&host);
+    let options = InventoryOptions { declared_file: None, hostname: Some("gpu-test".into()) };
+    inventory::collect(&options, &host.driver).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(owner_mode(&host.device(1)), (0, gid, 0o660));
+
+    ok(host.driver.revoke_user(&revoke("ga_kept", "alloc-k", true)));
+    reset_like_the_nvidia_driver(&host);
+    assert_eq!(ok_list(host.driver.enforce_gpu_grants()), Vec::<String>::new(), "a revoked grant stays gone");
+    assert_eq!(owner_mode(&host.device(1)), (0, 0, WORLD_OPEN));
+}
+
+#[test]
+fn a_grant_whose_group_is_gone_is_dropped_not_restored() {
+    let Some(host) = throwaway("a_grant_whose_group_is_gone_is_dropped_not_restored") else { return };
+    ok(host.driver.provision_user(&provision("ga_stale", "alloc-s", &[key(10, "s")], &[0])));
+    // Someone removed the account behind the driver's back.
+    for program in ["userdel", "groupdel"] {
+        let status = Command::new(program).arg("--prefix").arg(host.root()).arg("ga_stale").status();
+        assert!(status.is_ok_and(|status| status.success() || status.code() == Some(6)), "{program}");
+    }
+    reset_like_the_nvidia_driver(&host);
+    assert_eq!(ok_list(host.driver.enforce_gpu_grants()), Vec::<String>::new());
+    assert_eq!(owner_mode(&host.device(0)), (0, 0, WORLD_OPEN), "no device handed to a gid nobody owns");
+    assert!(!host.root().join("var/lib/gpuaas-agent/gpu-grants/ga_stale").exists());
+}
+
+fn ok_list(result: Result<Vec<String>, HostError>) -> Vec<String> {
+    result.unwrap_or_else(|e| panic!("host operation failed: {e}"))
 }
 
 #[test]

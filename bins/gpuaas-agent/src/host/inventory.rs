@@ -36,6 +36,11 @@ pub struct InventoryOptions {
 /// The `node.inventory` report, validated as the control plane will validate it.
 pub fn collect(options: &InventoryOptions, driver: &dyn HostDriver) -> Result<Inventory, HostError> {
     let (source, gpus) = gpus(options)?;
+    // Reading NVML as root may just have reset the device files (ModifyDeviceFiles=1);
+    // put the allocations' grants back before anyone else gets in.
+    if let Err(error) = driver.enforce_gpu_grants() {
+        tracing::warn!(%error, "could not restore GPU grants after reading NVML");
+    }
     let mut allocation_users = driver.allocation_users()?;
     allocation_users.retain(|user| gpuaas_nodeagent_protocol::tasks::is_valid_username(user));
     let facts = host_facts()?;

@@ -17,6 +17,14 @@
 //! so the host must not make them world-accessible (NVIDIA's default is 0666; set
 //! `NVreg_DeviceFileMode=0660` and `NVreg_DeviceFileGID=0`); the provisioning report
 //! warns about any it finds.
+//!
+//! With `NVreg_ModifyDeviceFiles=1` (the driver's default) every root process that
+//! initialises NVML or CUDA (`nvidia-smi`, a monitoring exporter, this agent's own
+//! inventory) resets every device file to the driver's configured owner and mode,
+//! which undoes the grants. The driver therefore records each grant in a root-only
+//! directory and [`LinuxHostDriver::enforce_gpu_grants`] puts them back after each of
+//! its own NVML reads and on a short timer; the report warns that the host should run
+//! with `NVreg_ModifyDeviceFiles=0` to close the gap between a reset and the repair.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -61,6 +69,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const USERDEL_HOME_NOT_REMOVED: i32 = 12;
 /// `groupdel` exit status for a group that does not exist.
 const GROUPDEL_NO_SUCH_GROUP: i32 = 6;
+const GRANTS_DIR_NAME: &str = "gpu-grants";
+const DEFAULT_GRANTS_DIR: &str = "/var/lib/gpuaas-agent/gpu-grants";
+/// Mode of a granted device file: owner root, the allocation's group, nobody else.
+const GRANTED_MODE: u32 = 0o660;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxHostConfig {
@@ -79,6 +91,11 @@ pub struct LinuxHostConfig {
     pub reload_systemd: bool,
     /// Kill the user's processes on revoke.
     pub kill_processes: bool,
+    /// Root-only directory holding one file per allocation user with the GPUs granted
+    /// to its group, so grants can be restored when something resets the device files.
+    pub grants_dir: PathBuf,
+    /// The NVIDIA kernel module's parameters (`/proc/driver/nvidia/params`).
+    pub nvidia_params: PathBuf,
 }
 
 impl LinuxHostConfig {
@@ -92,7 +109,14 @@ impl LinuxHostConfig {
             systemd_dir: Some(PathBuf::from("/etc/systemd/system")),
             reload_systemd: true,
             kill_processes: true,
+            grants_dir: PathBuf::from(DEFAULT_GRANTS_DIR),
+            nvidia_params: PathBuf::from("/proc/driver/nvidia/params"),
         }
+    }
+
+    /// Production defaults, with the grants kept in the agent's state directory.
+    pub fn for_host_with_state(state_dir: &Path) -> Self {
+        Self { grants_dir: state_dir.join(GRANTS_DIR_NAME), ..Self::for_host() }
     }
 
     /// Everything under `root` (which must hold `etc/passwd`, `etc/group`,
@@ -108,6 +132,8 @@ impl LinuxHostConfig {
             systemd_dir: Some(root.join("etc/systemd/system")),
             reload_systemd: false,
             kill_processes: true,
+            grants_dir: root.join("var/lib/gpuaas-agent").join(GRANTS_DIR_NAME),
+            nvidia_params: root.join("proc/driver/nvidia/params"),
         }
     }
 }
@@ -154,6 +180,7 @@ pub struct LinuxHostDriver {
     /// Why the configuration is unusable, if it is; every operation then fails with it.
     unusable: Option<String>,
     lock: Mutex<()>,
+    warned_about_resets: std::sync::atomic::AtomicBool,
 }
 
 impl LinuxHostDriver {
@@ -165,7 +192,7 @@ impl LinuxHostDriver {
         if let Some(problem) = &unusable {
             tracing::error!(problem = problem.as_str(), "host driver configuration unusable");
         }
-        Self { config, unusable, lock: Mutex::new(()) }
+        Self { config, unusable, lock: Mutex::new(()), warned_about_resets: Default::default() }
     }
 
     /// Like [`Self::new`], but refuses an unusable configuration up front: a uid range
@@ -357,14 +384,18 @@ impl LinuxHostDriver {
                 }
                 Err(error) => return Err(HostError::io(format!("inspecting {}", path.display()), error)),
                 Ok(meta) if meta.file_type().is_char_device() || meta.file_type().is_file() => {
-                    set_owner_and_mode(&path, 0, gid, 0o660)?;
+                    set_owner_and_mode(&path, 0, gid, GRANTED_MODE)?;
                     granted.push(path.display().to_string());
                 }
                 Ok(_) => notes.skip("gpu_device", path.display(), "not a device file"),
             }
         }
         let closed = self.close_devices(gid, &assigned)?;
+        self.record_grant(username, gid, &assigned)?;
         self.warn_about_open_devices(&assigned, &mut notes);
+        if self.driver_resets_device_files() {
+            notes.warnings.push(RESETS_DEVICE_FILES.into());
+        }
 
         let limits = self.write_limits(uid, params, &mut notes)?;
         tracing::info!(
@@ -429,6 +460,10 @@ impl LinuxHostDriver {
             "-l".into(),
             "-s".into(),
             SHELL.into(),
+            // "*" rather than useradd's "!": no password can match either way, but sshd
+            // without PAM refuses "!" accounts as locked, which would refuse the key.
+            "-p".into(),
+            "*".into(),
             "-c".into(),
             gecos.into(),
             name.into(),
@@ -635,6 +670,12 @@ impl LinuxHostDriver {
             notes.skip("limits", "systemd", "limits disabled by configuration");
             return Ok(Value::Null);
         };
+        if self.config.reload_systemd && !systemd_running() {
+            // A host booted without systemd (a container, a micro-VM's own init) has no
+            // user slices to limit; the user still gets their GPUs, and the report says so.
+            notes.warnings.push("systemd is not running: no CPU or memory limits applied".into());
+            return Ok(Value::Null);
+        }
         let cpu_quota_percent = (params.cpu_millicores / 10).max(1);
         let content = format!(
             "# Managed by gpuaas-agent for allocation {}; removed when the user is revoked.\n\
@@ -675,7 +716,7 @@ impl LinuxHostDriver {
             // Other drop-ins may share the directory; then it stays.
             let _ = fs::remove_dir(dir);
         }
-        if removed && self.config.reload_systemd {
+        if removed && self.config.reload_systemd && systemd_running() {
             daemon_reload()?;
         }
         Ok(removed)
@@ -726,6 +767,9 @@ impl LinuxHostDriver {
         let home = self.home_dir(username);
 
         let killed = if self.config.kill_processes { self.kill_processes(uid)? } else { false };
+        // Forgotten first: a repair running between the close and the removal must not
+        // reopen the devices.
+        self.forget_grant(username)?;
         let closed = if self.in_range(gid) { self.close_devices(gid, &BTreeSet::new())? } else { Vec::new() };
         let limits_removed = self.remove_limits(uid)?;
 
@@ -783,6 +827,7 @@ impl LinuxHostDriver {
             "user_existed": false,
             "reason": "no such user; nothing to revoke",
         });
+        self.forget_grant(username)?;
         if let Some(group) = groups.iter().find(|group| group.name == username)
             && self.in_range(group.gid)
         {
@@ -802,6 +847,96 @@ impl LinuxHostDriver {
         let mut args = self.prefix_args();
         args.push(name.into());
         run("groupdel", &args, &[0, GROUPDEL_NO_SUCH_GROUP]).map(|code| code == 0)
+    }
+
+    /// Writes `{grants_dir}/{username}`: the group's gid and the GPU indices it holds.
+    fn record_grant(&self, username: &str, gid: u32, indices: &BTreeSet<u32>) -> Result<(), HostError> {
+        let dir = &self.config.grants_dir;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
+        let grant = Grant { gid, indices: indices.clone() };
+        write_atomic(dir, username, grant.to_text().as_bytes(), 0, 0, 0o600)
+    }
+
+    fn forget_grant(&self, username: &str) -> Result<(), HostError> {
+        let path = self.config.grants_dir.join(username);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(HostError::io(format!("removing {}", path.display()), error)),
+        }
+    }
+
+    /// Puts every recorded grant back on its device files where something changed
+    /// them (see the module comment). Grants whose group no longer exists, or is not
+    /// ours, are dropped. Returns the device files repaired.
+    fn enforce(&self) -> Result<Vec<String>, HostError> {
+        let _serialised = self.begin()?;
+        let dir = &self.config.grants_dir;
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(HostError::io(format!("reading {}", dir.display()), error)),
+        };
+        let groups = self.read_groups()?;
+        let mut repaired = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| HostError::io(format!("reading {}", dir.display()), e))?;
+            let Some(username) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if username.starts_with('.') {
+                continue;
+            }
+            let text = fs::read_to_string(entry.path())
+                .map_err(|e| HostError::io(format!("reading {}", entry.path().display()), e))?;
+            let grant = Grant::parse(&text)
+                .map_err(|reason| HostError::Malformed { file: entry.path().display().to_string(), reason })?;
+            let group_is_ours =
+                groups.iter().any(|group| group.name == username && group.gid == grant.gid && self.in_range(grant.gid));
+            if !group_is_ours {
+                self.forget_grant(&username)?;
+                continue;
+            }
+            for &index in &grant.indices {
+                let path = self.device_path(index);
+                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+                if !(meta.file_type().is_char_device() || meta.file_type().is_file()) {
+                    continue;
+                }
+                if (meta.uid(), meta.gid(), meta.mode() & 0o7777) != (0, grant.gid, GRANTED_MODE) {
+                    set_owner_and_mode(&path, 0, grant.gid, GRANTED_MODE)?;
+                    repaired.push(path.display().to_string());
+                }
+            }
+        }
+        if !repaired.is_empty() {
+            // Expected on every NVML read where the module resets device files: say so
+            // loudly once, then quietly.
+            if self.warned_about_resets.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(devices = ?repaired, "GPU grants restored");
+            } else {
+                tracing::warn!(
+                    devices = ?repaired,
+                    driver_resets_device_files = self.driver_resets_device_files(),
+                    "GPU device files had been reset (the NVIDIA driver does so whenever a root process \
+                     initialises NVML, this agent's inventory included, unless NVreg_ModifyDeviceFiles=0); \
+                     grants restored, and restored again whenever this recurs"
+                );
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// Whether the NVIDIA module runs with `ModifyDeviceFiles: 1`.
+    fn driver_resets_device_files(&self) -> bool {
+        fs::read_to_string(&self.config.nvidia_params).is_ok_and(|text| {
+            text.lines().any(|line| {
+                line.split_once(':')
+                    .is_some_and(|(name, value)| name.trim() == "ModifyDeviceFiles" && value.trim() == "1")
+            })
+        })
     }
 
     fn list_users(&self) -> Result<Vec<String>, HostError> {
@@ -826,6 +961,46 @@ impl HostDriver for LinuxHostDriver {
     fn allocation_users(&self) -> Result<Vec<String>, HostError> {
         self.list_users()
     }
+
+    fn enforce_gpu_grants(&self) -> Result<Vec<String>, HostError> {
+        self.enforce()
+    }
+}
+
+const RESETS_DEVICE_FILES: &str = "the NVIDIA driver runs with ModifyDeviceFiles=1: any root process that \
+     initialises NVML or CUDA resets /dev/nvidia* to the driver's mode; the agent restores the grants after \
+     its own NVML reads and every few seconds, but strict isolation needs NVreg_ModifyDeviceFiles=0";
+
+/// What one allocation group was granted: `gid=200000 gpus=0,2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    gid: u32,
+    indices: BTreeSet<u32>,
+}
+
+impl Grant {
+    fn to_text(&self) -> String {
+        let gpus: Vec<String> = self.indices.iter().map(u32::to_string).collect();
+        format!("gid={} gpus={}\n", self.gid, gpus.join(","))
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut gid = None;
+        let mut indices = BTreeSet::new();
+        for field in text.split_whitespace() {
+            match field.split_once('=') {
+                Some(("gid", value)) => gid = Some(value.parse::<u32>().map_err(|e| format!("gid {value:?}: {e}"))?),
+                Some(("gpus", "")) => {}
+                Some(("gpus", value)) => {
+                    for index in value.split(',') {
+                        indices.insert(index.parse::<u32>().map_err(|e| format!("gpu index {index:?}: {e}"))?);
+                    }
+                }
+                _ => return Err(format!("unexpected field {field:?}")),
+            }
+        }
+        Ok(Self { gid: gid.ok_or("no gid")?, indices })
+    }
 }
 
 /// Why `config` is unusable, if it is.
@@ -836,7 +1011,12 @@ fn check_config(config: &LinuxHostConfig) -> Result<(), String> {
             "uid_range {low}-{high} must start at {LOWEST_RANGE_START} or above, be ordered and exclude {NOBODY}"
         ));
     }
-    for (name, path) in [("root", &config.root), ("home_base", &config.home_base), ("device_dir", &config.device_dir)] {
+    for (name, path) in [
+        ("root", &config.root),
+        ("home_base", &config.home_base),
+        ("device_dir", &config.device_dir),
+        ("grants_dir", &config.grants_dir),
+    ] {
         if !path.is_absolute() {
             return Err(format!("{name} must be an absolute path, not {}", path.display()));
         }
@@ -932,6 +1112,11 @@ fn run(program: &str, args: &[OsString], accepted: &[i32]) -> Result<i32, HostEr
     }
 }
 
+/// `sd_booted()`: systemd creates this directory at boot and nothing else does.
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
 fn daemon_reload() -> Result<(), HostError> {
     run("systemctl", &["daemon-reload".into()], &[0]).map(drop)
 }
@@ -982,6 +1167,18 @@ fn write_atomic(dir: &Path, name: &str, content: &[u8], uid: u32, gid: u32, mode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_files_round_trip_and_reject_garbage() {
+        let grant = Grant { gid: 200_001, indices: [0, 2, 7].into_iter().collect() };
+        assert_eq!(grant.to_text(), "gid=200001 gpus=0,2,7\n");
+        assert_eq!(Grant::parse(&grant.to_text()), Ok(grant));
+        let none = Grant { gid: 200_002, indices: BTreeSet::new() };
+        assert_eq!(Grant::parse(&none.to_text()), Ok(none));
+        for garbage in ["", "gpus=1", "gid=x gpus=1", "gid=1 gpus=1,,2", "gid=1 shell=/bin/sh"] {
+            assert!(Grant::parse(garbage).is_err(), "{garbage:?}");
+        }
+    }
 
     #[test]
     fn passwd_and_group_parse_and_reject_garbage() {

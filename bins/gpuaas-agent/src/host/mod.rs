@@ -35,6 +35,13 @@ pub trait HostDriver: Send + Sync + 'static {
 
     /// Users this driver created that still exist, sorted.
     fn allocation_users(&self) -> Result<Vec<String>, HostError>;
+
+    /// Restores GPU grants that something else on the host undid (the NVIDIA driver
+    /// resets device files whenever a root process initialises it). Returns what was
+    /// repaired; drivers that grant nothing have nothing to do.
+    fn enforce_gpu_grants(&self) -> Result<Vec<String>, HostError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Why a host operation failed. Messages name users, paths and commands, never key
