@@ -31,6 +31,8 @@ pub struct AllocationBench {
     pub seconds: u64,
     /// Live allocations a client keeps before releasing its oldest.
     pub per_client: usize,
+    /// How often a client looks at its oldest allocation until it is active.
+    pub poll: Duration,
     pub accrual_records: u32,
 }
 
@@ -90,9 +92,9 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         let latencies = latencies.clone();
         let refused = refused.clone();
         let released = released.clone();
-        let per_client = settings.per_client.max(1);
+        let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll };
         workers.spawn(async move {
-            run_client(&allocations, &client, deadline, per_client, &latencies, &refused, &released).await
+            run_client(&allocations, &client, deadline, pace, &latencies, &refused, &released).await
         });
     }
     while let Some(result) = workers.join_next().await {
@@ -117,12 +119,15 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         .collect();
     to_active.sort();
     println!(
-        "allocations on {}: {} clients for {:.0} s over {} nodes × {} GPUs (service layer, in process)",
+        "allocations on {}: {} clients for {:.0} s over {} nodes × {} GPUs (service layer, in process; \
+         each client holds {}, looks at its oldest every {} ms)",
         store.dialect().name(),
         settings.clients,
         run_seconds,
         settings.nodes,
-        settings.gpus_per_node
+        settings.gpus_per_node,
+        settings.per_client,
+        settings.poll.as_millis()
     );
     println!(
         "  creates: {} ({:.0}/s), refused (no capacity): {}, released: {}",
@@ -226,11 +231,19 @@ async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> 
     Ok(clients)
 }
 
+/// How a client holds its allocations: `per_client` live at most, the oldest looked
+/// at every `poll` until it is active, then released.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    per_client: usize,
+    poll: Duration,
+}
+
 async fn run_client(
     allocations: &Allocations,
     client: &Client,
     deadline: Instant,
-    per_client: usize,
+    pace: Pace,
     latencies: &Mutex<Vec<Duration>>,
     refused: &AtomicU64,
     released: &AtomicU64,
@@ -241,14 +254,14 @@ async fn run_client(
     let mut turn = 0u64;
     while Instant::now() < deadline {
         turn += 1;
-        if live.len() >= per_client
+        if live.len() >= pace.per_client
             && let Some(oldest) = live.pop_front()
         {
             // A read first: a release attempt on one not yet active would take the
             // write lock only to be refused.
             if allocations.status_of(&oldest).await? != gpuaas_allocations::AllocationStatus::Active {
                 live.push_back(oldest);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(pace.poll).await;
                 continue;
             }
             match allocations.release(&actor, &oldest, &client.tenant).await {
@@ -258,7 +271,7 @@ async fn run_client(
                 // Not active yet: try again on a later turn.
                 Err(AllocationError::InvalidTransition { .. }) => {
                     live.push_back(oldest);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(pace.poll).await;
                 }
                 Err(error) => return Err(error.into()),
             }

@@ -144,6 +144,10 @@ pub enum BenchCommand {
         /// Live allocations each client keeps before releasing its oldest.
         #[arg(long, default_value_t = 4)]
         per_client: usize,
+        /// How often a client looks at its oldest allocation until it is active
+        /// (`gpuaas alloc create --wait` looks every 500 ms).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        poll_ms: u64,
         #[arg(long, default_value_t = 10_000)]
         accrual_records: u32,
     },
@@ -192,6 +196,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             clients,
             seconds,
             per_client,
+            poll_ms,
             accrual_records,
         }) => {
             let settings = crate::alloc_bench::AllocationBench {
@@ -200,6 +205,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 clients,
                 seconds,
                 per_client,
+                poll: std::time::Duration::from_millis(poll_ms),
                 accrual_records,
             };
             bench_allocations(database_url, settings).await

@@ -434,8 +434,25 @@ pub async fn workflow_loop(
     allocations: gpuaas_allocations::Allocations,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    const BATCH: usize = 256;
-    const PARALLEL: usize = 16;
+    // Several runners side by side: a pass waits for its slowest group of steps (a
+    // lock wait, a long step), and meanwhile the others keep claiming what comes due.
+    // Claims never overlap (each takes a lease, skipping rows another holds).
+    let mut runners = tokio::task::JoinSet::new();
+    for _ in 0..WORKFLOW_RUNNERS {
+        runners.spawn(workflow_runner(allocations.clone(), stop.clone()));
+    }
+    while let Some(joined) = runners.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// Runners of one process; see [`workflow_loop`].
+const WORKFLOW_RUNNERS: usize = 4;
+
+async fn workflow_runner(allocations: gpuaas_allocations::Allocations, stop: CancellationToken) -> anyhow::Result<()> {
+    const BATCH: usize = 64;
+    const PARALLEL: usize = 4;
     loop {
         // Any work found means more may have come due while it ran (a pass takes as
         // long as its slowest steps): look again at once, and sleep only on an empty pass.

@@ -377,6 +377,47 @@ async fn failed_provisioning_frees_gpus_and_failed_releases_can_be_retried(backe
     assert!(reasons.iter().any(|reason| reason == "node rebooted"), "{reasons:?}");
 }
 
+gpuaas_testkit::both_backends!(one_broken_step_does_not_hold_back_the_others_of_its_pass);
+/// The runner takes a pass's steps in groups, one transaction each: a step that fails
+/// undoes its group's writes, and the others of the group are then taken one by one.
+async fn one_broken_step_does_not_hold_back_the_others_of_its_pass(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 50_000).await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(text(&create(&app, &world, 1).await["id"]));
+        }
+        ids
+    };
+    step(&app).await;
+    assert_eq!(answer(&app, &world.node, None).await.len(), 4);
+    // One row now names a task that does not exist: its step cannot go on.
+    gpuaas_store::sqlx::query("UPDATE allocations SET provision_task_id = 'no-such-task' WHERE id = $1")
+        .bind(&ids[1])
+        .execute(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = app.allocations.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.failed_steps), (4, 1), "{report:?}");
+    for (index, id) in ids.iter().enumerate() {
+        let allocation = show(&app, &world.user, id).await;
+        let expected = if index == 1 { "provisioning" } else { "active" };
+        assert_eq!(allocation["status"], expected, "{allocation}");
+        let transitions = statuses(&allocation);
+        assert_eq!(transitions.iter().filter(|to| *to == "active").count(), usize::from(index != 1), "{transitions:?}");
+    }
+    // Exactly one lifecycle event per transition made, none from the undone group.
+    let active_events: i64 = gpuaas_store::sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox_events WHERE subject = 'gpuaas.provisioning.active'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(active_events, 3);
+    assert_eq!(free_count_drift(&app).await, 0);
+}
+
 gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);
 async fn racing_creates_never_share_a_gpu(backend: Backend) {
     let app = TestApp::spawn(backend).await;

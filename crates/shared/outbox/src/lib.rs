@@ -40,18 +40,44 @@ impl From<gpuaas_store::sqlx::Error> for OutboxError {
 /// Writes `event` to the outbox on `connection`, which must be the caller's domain
 /// transaction (`&mut *tx`), so the event exists exactly when the domain change does.
 pub async fn enqueue(connection: &mut Connection, event: &EventEnvelope) -> Result<(), OutboxError> {
-    validate_subject(&event.subject).map_err(OutboxError::InvalidEvent)?;
-    let envelope = event.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?;
-    gpuaas_store::sqlx::query(
-        "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $5)",
-    )
-    .bind(event.id.to_string())
-    .bind(&event.subject)
-    .bind(envelope)
-    .bind(&event.correlation_id)
-    .bind(event.occurred_at.as_micros())
-    .execute(&mut *connection)
-    .await?;
+    enqueue_many(connection, std::slice::from_ref(event)).await
+}
+
+/// Most events one INSERT carries (5 parameters each, well within both engines'
+/// limits).
+const EVENTS_PER_INSERT: usize = 200;
+
+/// [`enqueue`] for several events, in order, with one INSERT per
+/// [`EVENTS_PER_INSERT`] events: for callers that change many rows in one transaction.
+/// Every event is checked before anything is written.
+pub async fn enqueue_many(connection: &mut Connection, events: &[EventEnvelope]) -> Result<(), OutboxError> {
+    let mut envelopes = Vec::with_capacity(events.len());
+    for event in events {
+        validate_subject(&event.subject).map_err(OutboxError::InvalidEvent)?;
+        envelopes.push(event.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?);
+    }
+    for (events, envelopes) in events.chunks(EVENTS_PER_INSERT).zip(envelopes.chunks(EVENTS_PER_INSERT)) {
+        let rows: Vec<String> = (0..events.len())
+            .map(|index| {
+                let base = index * 5;
+                format!("(${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 5)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) \
+             VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = gpuaas_store::sqlx::query(gpuaas_store::sqlx::AssertSqlSafe(sql));
+        for (event, envelope) in events.iter().zip(envelopes) {
+            query = query
+                .bind(event.id.to_string())
+                .bind(event.subject.clone())
+                .bind(envelope.clone())
+                .bind(event.correlation_id.clone())
+                .bind(event.occurred_at.as_micros());
+        }
+        query.execute(&mut *connection).await?;
+    }
     Ok(())
 }

@@ -218,7 +218,30 @@ async fn embedded_consumer_position_survives_restart(backend: Backend) {
     assert_eq!(ids, vec![events[1].id, events[2].id]);
 }
 
+/// Many events in one call (more than one INSERT's worth) arrive in order, as one
+/// call at a time would; one bad subject among them writes none.
+async fn enqueue_many_keeps_order_and_refuses_all_for_one_bad_event(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let events: Vec<_> = (0..450).map(event).collect();
+    let mut tx = store.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut bad_batch = vec![event(1000), EventEnvelope::new("not.in.catalog", 1, "c", serde_json::json!({}))];
+    bad_batch.push(event(1001));
+    assert!(gpuaas_outbox::enqueue_many(&mut tx, &bad_batch).await.is_err());
+    gpuaas_outbox::enqueue_many(&mut tx, &events).await.unwrap_or_else(|e| panic!("{e}"));
+    gpuaas_outbox::enqueue_many(&mut tx, &[]).await.unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status_counts(&store).await.get("pending").copied(), Some(450));
+
+    let bus = Arc::new(EmbeddedBus::new(store.clone()));
+    let relay = Relay::new(store.clone(), bus.clone());
+    while relay.run_once(&settings()).await.unwrap_or_else(|e| panic!("{e}")).claimed > 0 {}
+    let delivered =
+        drain(bus.as_ref(), &ConsumerSpec::new("many", "gpuaas.provisioning.>"), Duration::from_millis(50)).await;
+    assert_eq!(delivered, events);
+}
+
 gpuaas_testkit::both_backends!(
+    enqueue_many_keeps_order_and_refuses_all_for_one_bad_event,
     relay_publishes_exactly_the_committed_events,
     concurrent_relays_never_publish_a_row_twice,
     exhausted_retries_mark_failed_and_dead_letter,

@@ -268,6 +268,22 @@ pub(crate) async fn apply(
     sets: Sets,
     fence: Option<i64>,
 ) -> Result<(), AllocationError> {
+    let journal = Journal::default();
+    apply_journaled(connection, record, change, sets, fence, &journal).await?;
+    journal.flush(connection).await
+}
+
+/// [`apply`], with the transition and its event kept in `journal`, which the caller
+/// flushes in the same transaction: a runner moving many rows writes them all in two
+/// statements.
+pub(crate) async fn apply_journaled(
+    connection: &mut Connection,
+    record: &mut Record,
+    change: Option<&Change<'_>>,
+    sets: Sets,
+    fence: Option<i64>,
+    journal: &Journal,
+) -> Result<(), AllocationError> {
     let from = record.view.status;
     let to = match change {
         Some(change) => from.transition(change.to)?,
@@ -311,23 +327,25 @@ pub(crate) async fn apply(
         return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
     }
     let Some(change) = change else { return Ok(()) };
-    sqlx::query(
-        "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(new_id().to_string())
-    .bind(&record.view.id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(&change.actor.id)
-    .bind(change.reason)
-    .bind(&change.actor.correlation_id)
-    .bind(now.as_micros())
-    .execute(&mut *connection)
-    .await?;
-    if let Some(subject) = change.subject {
-        queue_event(connection, record, subject, Some(from), to, change.reason, &change.actor.correlation_id).await?;
-    }
+    let event = match change.subject {
+        Some(subject) => {
+            Some(lifecycle_event(record, subject, Some(from), to, change.reason, &change.actor.correlation_id)?)
+        }
+        None => None,
+    };
+    journal.record(
+        TransitionRow {
+            id: new_id().to_string(),
+            allocation_id: record.view.id.clone(),
+            from: from.as_str(),
+            to: to.as_str(),
+            actor: change.actor.id.clone(),
+            reason: change.reason.map(str::to_owned),
+            correlation_id: change.actor.correlation_id.clone(),
+            at: now.as_micros(),
+        },
+        event,
+    );
     record.view.status = to;
     record.view.updated_at = now;
     if failure.is_some() {
@@ -336,15 +354,86 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-async fn queue_event(
-    connection: &mut Connection,
+/// One `allocation_transitions` row waiting in a [`Journal`].
+#[derive(Debug)]
+struct TransitionRow {
+    id: String,
+    allocation_id: String,
+    from: &'static str,
+    to: &'static str,
+    actor: String,
+    reason: Option<String>,
+    correlation_id: String,
+    at: i64,
+}
+
+/// Transitions and their events recorded by [`apply_journaled`] and not yet written.
+/// Only touched between awaits (never held across one), hence a plain mutex.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    pending: std::sync::Mutex<(Vec<TransitionRow>, Vec<EventEnvelope>)>,
+    /// GPUs freed by the changes; their nodes are credited last (see
+    /// [`slots::FreedSlots`]).
+    pub(crate) freed: slots::FreedSlots,
+}
+
+/// Transition rows per INSERT (8 parameters each).
+const TRANSITIONS_PER_INSERT: usize = 100;
+
+impl Journal {
+    fn record(&self, transition: TransitionRow, event: Option<EventEnvelope>) {
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.0.push(transition);
+        pending.1.extend(event);
+    }
+
+    /// Writes what was recorded, in order, on `connection` (the transaction that made
+    /// the changes).
+    pub(crate) async fn flush(&self, connection: &mut Connection) -> Result<(), AllocationError> {
+        let (transitions, events) = {
+            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::take(&mut *pending)
+        };
+        for chunk in transitions.chunks(TRANSITIONS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|index| {
+                    let placeholders: Vec<String> = (1..=8).map(|column| format!("${}", index * 8 + column)).collect();
+                    format!("({})", placeholders.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, \
+                 correlation_id, at) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.id.clone())
+                    .bind(row.allocation_id.clone())
+                    .bind(row.from)
+                    .bind(row.to)
+                    .bind(row.actor.clone())
+                    .bind(row.reason.clone())
+                    .bind(row.correlation_id.clone())
+                    .bind(row.at);
+            }
+            query.execute(&mut *connection).await?;
+        }
+        gpuaas_outbox::enqueue_many(connection, &events).await?;
+        self.freed.credit(connection).await?;
+        Ok(())
+    }
+}
+
+fn lifecycle_event(
     record: &Record,
     subject: &'static str,
     from: Option<AllocationStatus>,
     to: AllocationStatus,
     reason: Option<&str>,
     correlation_id: &str,
-) -> Result<(), AllocationError> {
+) -> Result<EventEnvelope, AllocationError> {
     let payload = LifecycleEvent {
         allocation_id: &record.view.id,
         tenant_id: &record.view.tenant_id,
@@ -356,8 +445,7 @@ async fn queue_event(
         reason,
     };
     let payload = serde_json::to_value(&payload).map_err(|error| AllocationError::Corrupt(error.to_string()))?;
-    gpuaas_outbox::enqueue(connection, &EventEnvelope::new(subject, 1, correlation_id, payload)).await?;
-    Ok(())
+    Ok(EventEnvelope::new(subject, 1, correlation_id, payload))
 }
 
 fn validate_text(field: &str, value: &str, max: usize) -> Result<(), AllocationError> {
@@ -463,7 +551,6 @@ impl Allocations {
         let reservation = slots::reserve(&mut tx, dialect, &sku.id, new.gpu_count, &id, strategy)
             .await?
             .ok_or_else(|| AllocationError::SkuUnavailable(sku.name.clone()))?;
-        let hostname = gpuaas_inventory::nodes::hostname_in(&mut tx, &reservation.node_id).await?;
         let share = |total: i64| total.saturating_mul(new.gpu_count) / sku.gpus_per_node.max(1);
         let now = Timestamp::now();
         let authorized: Vec<&str> = keys.iter().map(|key| key.public_key.as_str()).collect();
@@ -485,7 +572,7 @@ impl Allocations {
             .bind(new.gpu_count)
             .bind(&reservation.node_id)
             .bind(to_json(&reservation.gpu_indices)?)
-            .bind(&hostname)
+            .bind(&reservation.hostname)
             .bind(username_for(&id))
             .bind(to_json(&authorized)?)
             .bind(to_json(&new.ssh_key_ids)?)
@@ -509,16 +596,15 @@ impl Allocations {
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await?;
-        queue_event(
-            &mut tx,
+        let requested = lifecycle_event(
             &record,
             events::PROVISIONING_REQUESTED,
             None,
             AllocationStatus::Requested,
             None,
             &actor.correlation_id,
-        )
-        .await?;
+        )?;
+        gpuaas_outbox::enqueue(&mut tx, &requested).await?;
         let entry = actor.entry(
             "allocation.create",
             self.resource_id(&id),

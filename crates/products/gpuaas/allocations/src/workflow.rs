@@ -24,11 +24,13 @@ use gpuaas_store::sqlx;
 use gpuaas_store::{Connection, Dialect};
 
 use crate::events;
-use crate::service::{COLUMNS, Change, Record, Sets, Value, apply, record_from_row, schedule};
+use crate::service::{COLUMNS, Change, Journal, Record, Sets, Value, apply_journaled, record_from_row, schedule};
 use crate::{Actor, AllocationError, AllocationStatus, Allocations};
 
 /// How long a runner holds a claimed allocation before another may take it.
 const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// Most steps one transaction of the runner takes.
+const MAX_GROUP: usize = 16;
 /// Longest backoff between task attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -100,29 +102,61 @@ impl Allocations {
         let mut states =
             if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(store, &task_ids).await? };
         let mut report = RunReport { claimed: claimed.len(), failed_steps: 0 };
-        let mut steps = tokio::task::JoinSet::new();
-        let mut queue = claimed.into_iter();
-        loop {
-            while steps.len() < parallel.max(1) {
-                let Some(record) = queue.next() else { break };
+        // Most claims of a busy runner find the node task still in flight: those rows
+        // are only put back for the next look, all in one statement rather than a
+        // transaction each.
+        let checked_at = Timestamp::now();
+        let (waiting, claimed): (Vec<Record>, Vec<Record>) = claimed.into_iter().partition(|record| {
+            let task = current_task(record).and_then(|id| states.get(id));
+            still_waiting(record, task, checked_at)
+        });
+        if !waiting.is_empty() {
+            let ids: Vec<&str> = waiting.iter().map(|record| record.view.id.as_str()).collect();
+            look_again_later(store, &ids, checked_at.saturating_add(timing.poll), lease).await?;
+        }
+        // Steps go in groups, one transaction each, `parallel` groups at a time. Within
+        // a group they run in node order, so two groups that lock the same nodes take
+        // them in the same order.
+        let mut work: Vec<(Record, Option<TaskState>)> = claimed
+            .into_iter()
+            .map(|record| {
                 let task = current_task(&record).and_then(|id| states.remove(id));
+                (record, task)
+            })
+            .collect();
+        work.sort_by(|(a, _), (b, _)| a.view.node_id.cmp(&b.view.node_id));
+        let parallel = parallel.max(1);
+        let group_size = work.len().div_ceil(parallel).clamp(1, MAX_GROUP);
+        let mut groups: Vec<Vec<(Record, Option<TaskState>)>> = Vec::new();
+        for (index, item) in work.into_iter().enumerate() {
+            // Contiguous runs keep each group in node order.
+            let slot = index / group_size;
+            if groups.len() <= slot {
+                groups.push(Vec::with_capacity(group_size));
+            }
+            groups[slot].push(item);
+        }
+        let mut steps = tokio::task::JoinSet::new();
+        let mut queue = groups.into_iter();
+        loop {
+            while steps.len() < parallel {
+                let Some(group) = queue.next() else { break };
                 let this = self.clone();
-                steps.spawn(async move {
-                    let id = record.view.id.clone();
-                    let outcome = this.step(record, task, lease, &timing).await;
-                    (id, outcome)
-                });
+                steps.spawn(async move { this.step_group(group, lease, &timing).await });
             }
             let Some(joined) = steps.join_next().await else { break };
             match joined {
-                Ok((_, Ok(()))) => {}
-                Ok((id, Err(error))) => {
-                    report.failed_steps += 1;
-                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried after its lease");
+                Ok(outcomes) => {
+                    for (id, outcome) in outcomes {
+                        if let Err(error) = outcome {
+                            report.failed_steps += 1;
+                            tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried after its lease");
+                        }
+                    }
                 }
                 Err(join_error) => {
                     report.failed_steps += 1;
-                    tracing::error!(%join_error, "workflow step panicked");
+                    tracing::error!(%join_error, "workflow steps panicked");
                 }
             }
         }
@@ -142,39 +176,96 @@ impl Allocations {
             .unwrap_or(Duration::from_millis(250))
     }
 
-    /// One step for one claimed allocation, in one transaction. `task` is the state of
-    /// the phase's node task as read after the claim; `lease` is the claim, which every
-    /// write of the step is fenced on.
+    /// The steps of `group` in one transaction. When any of them fails (a release
+    /// raced it, a lock wait was broken), the transaction is dropped with everything
+    /// the group wrote and each allocation gets its own transaction instead, so one
+    /// conflict costs its neighbours nothing.
+    async fn step_group(
+        &self,
+        group: Vec<(Record, Option<TaskState>)>,
+        lease: i64,
+        timing: &Timing,
+    ) -> Vec<(String, Result<(), AllocationError>)> {
+        if group.len() > 1 {
+            match self.steps_in_one_transaction(&group, lease, timing).await {
+                Ok(()) => return group.into_iter().map(|(record, _)| (record.view.id, Ok(()))).collect(),
+                Err(error) => {
+                    tracing::debug!(%error, steps = group.len(), "grouped workflow steps failed; taking them one by one");
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (record, task) in group {
+            let id = record.view.id.clone();
+            let outcome = async {
+                let mut tx = self.store().begin().await?;
+                let journal = Journal::default();
+                let wake = self.step(&mut tx, record, task, lease, timing, &journal).await?;
+                journal.flush(&mut tx).await?;
+                tx.commit().await?;
+                self.wake_nodes(wake);
+                Ok(())
+            }
+            .await;
+            outcomes.push((id, outcome));
+        }
+        outcomes
+    }
+
+    async fn steps_in_one_transaction(
+        &self,
+        group: &[(Record, Option<TaskState>)],
+        lease: i64,
+        timing: &Timing,
+    ) -> Result<(), AllocationError> {
+        let mut tx = self.store().begin().await?;
+        let journal = Journal::default();
+        let mut wake = Vec::new();
+        for (record, task) in group {
+            wake.extend(self.step(&mut tx, record.clone(), task.clone(), lease, timing, &journal).await?);
+        }
+        journal.flush(&mut tx).await?;
+        tx.commit().await?;
+        self.wake_nodes(wake);
+        Ok(())
+    }
+
+    fn wake_nodes(&self, nodes: impl IntoIterator<Item = String>) {
+        for node in nodes {
+            self.nodes().wake_node(&node);
+        }
+    }
+
+    /// One step for one claimed allocation, in the caller's transaction; returns the
+    /// node to wake once it commits. `task` is the state of the phase's node task as
+    /// read after the claim; `lease` is the claim, which every write of the step is
+    /// fenced on.
     async fn step(
         &self,
+        tx: &mut Connection,
         mut record: Record,
         task: Option<TaskState>,
         lease: i64,
         timing: &Timing,
-    ) -> Result<(), AllocationError> {
-        let store = self.store();
-        let mut tx = store.begin().await?;
+        journal: &Journal,
+    ) -> Result<Option<String>, AllocationError> {
         let actor = Actor { correlation_id: record.view.correlation_id.clone(), ..Actor::system() };
         let now = Timestamp::now();
-        let step = Step { lease, timing, now, actor: &actor };
+        let step = Step { lease, journal, timing, now, actor: &actor };
         let wake_node = match record.view.status {
-            AllocationStatus::Requested => self.start_provisioning(&mut tx, &mut record, &step).await?,
-            AllocationStatus::Provisioning => self.check_provisioning(&mut tx, &mut record, task, &step).await?,
-            AllocationStatus::Releasing => self.check_releasing(&mut tx, &mut record, task, &step).await?,
+            AllocationStatus::Requested => self.start_provisioning(tx, &mut record, &step).await?,
+            AllocationStatus::Provisioning => self.check_provisioning(tx, &mut record, task, &step).await?,
+            AllocationStatus::Releasing => self.check_releasing(tx, &mut record, task, &step).await?,
             // Nothing to drive: waiting for a person, or finished.
             AllocationStatus::Active
             | AllocationStatus::ReleaseFailed
             | AllocationStatus::Released
             | AllocationStatus::Failed => {
-                apply(&mut tx, &mut record, None, schedule(None, false), Some(lease)).await?;
+                apply_journaled(tx, &mut record, None, schedule(None, false), Some(lease), step.journal).await?;
                 None
             }
         };
-        tx.commit().await?;
-        if let Some(node) = wake_node {
-            self.nodes().wake_node(&node);
-        }
-        Ok(())
+        Ok(wake_node)
     }
 
     /// `requested → provisioning` with the task's id, then the task itself: the row is
@@ -190,7 +281,7 @@ impl Allocations {
         let task_id = new_id().to_string();
         let deadline = Some(step.now.saturating_add(step.timing.provision_timeout));
         let sets = set_task(TaskColumn::Provision, &task_id, 1, deadline, step.now.saturating_add(step.timing.poll));
-        apply(tx, record, Some(&change), sets, Some(step.lease)).await?;
+        apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
         match self.queue_provision_task(tx, record, step.actor, &task_id).await {
             Ok(()) => Ok(Some(record.view.node_id.clone())),
             // The node went away between placement and now: nothing was provisioned.
@@ -242,7 +333,7 @@ impl Allocations {
             let attempts = record.workflow_attempts + 1;
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due);
-            apply(tx, record, None, sets, Some(step.lease)).await?;
+            apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
             self.queue_provision_task(tx, record, actor, &task_id).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
@@ -255,7 +346,8 @@ impl Allocations {
                     reason: None,
                     subject: Some(events::PROVISIONING_ACTIVE),
                 };
-                apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
+                apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal)
+                    .await?;
                 self.start_metering(tx, record, now).await?;
                 Ok(None)
             }
@@ -276,7 +368,7 @@ impl Allocations {
                     return Ok(Some(record.view.node_id.clone()));
                 }
                 let sets = schedule(Some(now.saturating_add(timing.poll)), false);
-                apply(tx, record, None, sets, Some(step.lease)).await?;
+                apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
                 Ok(None)
             }
         }
@@ -302,8 +394,8 @@ impl Allocations {
         };
         let mut sets = schedule(None, false);
         sets.extend(extra);
-        apply(tx, record, Some(&change), sets, Some(step.lease)).await?;
-        slots::release(tx, &record.view.id).await?;
+        apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
+        slots::release_into(tx, &record.view.id, &step.journal.freed).await?;
         if cleanup {
             queue_cleanup(self, tx, record, step.actor).await?;
         }
@@ -360,7 +452,7 @@ impl Allocations {
             let task_id = new_id().to_string();
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
-            apply(tx, record, None, sets, Some(step.lease)).await?;
+            apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
             self.queue_revoke_task(tx, record, actor, &task_id).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
@@ -373,9 +465,10 @@ impl Allocations {
                     reason: None,
                     subject: Some(events::RELEASING_COMPLETED),
                 };
-                apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
+                apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal)
+                    .await?;
                 self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
-                slots::release(tx, &record.view.id).await?;
+                slots::release_into(tx, &record.view.id, &step.journal.freed).await?;
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
@@ -395,7 +488,7 @@ impl Allocations {
                     return Ok(None);
                 }
                 let sets = schedule(Some(now.saturating_add(timing.poll)), false);
-                apply(tx, record, None, sets, Some(step.lease)).await?;
+                apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
                 Ok(None)
             }
         }
@@ -417,7 +510,7 @@ impl Allocations {
             reason: Some(reason),
             subject: Some(events::RELEASE_FAILED),
         };
-        apply(tx, record, Some(&change), schedule(None, false), Some(step.lease)).await?;
+        apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal).await?;
         self.stop_metering(tx, &record.view.id, step.now, &step.actor.correlation_id).await?;
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation release failed");
         Ok(())
@@ -478,6 +571,8 @@ pub(crate) async fn queue_cleanup(
 /// started and who it acts as.
 struct Step<'a> {
     lease: i64,
+    /// Where the step's transitions and events wait for the transaction's flush.
+    journal: &'a Journal,
     timing: &'a Timing,
     now: Timestamp,
     actor: &'a Actor,
@@ -490,6 +585,47 @@ fn current_task(record: &Record) -> Option<&str> {
         AllocationStatus::Releasing => record.release_task_id.as_deref(),
         _ => None,
     }
+}
+
+/// Whether the row's step would only be "look again later": its phase's task is still
+/// queued or leased and the phase has time left. The steps keep the same rule (see
+/// `check_provisioning` and `check_releasing`) for rows that reach them.
+fn still_waiting(record: &Record, task: Option<&TaskState>, now: Timestamp) -> bool {
+    matches!(record.view.status, AllocationStatus::Provisioning | AllocationStatus::Releasing)
+        && current_task(record).is_some()
+        && task.is_some_and(|task| matches!(task.status, TaskStatus::Queued | TaskStatus::Leased))
+        && record.workflow_deadline.is_some_and(|deadline| now < deadline)
+}
+
+/// Hands claimed rows back, due again at `due_at`. Fenced on the claim like every
+/// step: a row released or force-released since keeps what that wrote.
+async fn look_again_later(
+    store: &gpuaas_store::Store,
+    ids: &[&str],
+    due_at: Timestamp,
+    lease: i64,
+) -> Result<(), AllocationError> {
+    let placeholders: Vec<String> = (0..ids.len()).map(|index| format!("${}", index + 3)).collect();
+    let sql = format!(
+        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL \
+         WHERE workflow_lease_until = $2 AND status IN ('provisioning', 'releasing') AND id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due_at.as_micros()).bind(lease);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    match store.dialect() {
+        Dialect::Postgres => {
+            query.execute(store.pool()).await?;
+        }
+        Dialect::Sqlite => {
+            let mut tx = store.begin().await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 fn backoff(timing: &Timing, attempts: i64) -> Duration {
@@ -530,7 +666,7 @@ async fn retry_later(
     let due = step.now.saturating_add(backoff(step.timing, record.workflow_attempts));
     let mut sets = schedule(Some(due), false);
     sets.push((column.name(), Value::Text(None)));
-    apply(tx, record, None, sets, Some(step.lease)).await?;
+    apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
     tracing::info!(allocation_id = %record.view.id, attempts = record.workflow_attempts, %error, ?column, "node task failed; retrying after backoff");
     Ok(())
 }

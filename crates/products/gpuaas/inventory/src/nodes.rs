@@ -289,15 +289,6 @@ async fn attach_gpus(store: &Store, nodes: &mut [NodeView]) -> Result<(), Invent
     Ok(())
 }
 
-/// A node's registered hostname, read in the caller's transaction.
-pub async fn hostname_in(connection: &mut gpuaas_store::Connection, node_id: &str) -> Result<String, InventoryError> {
-    sqlx::query_scalar("SELECT hostname FROM nodes WHERE id = $1")
-        .bind(node_id)
-        .fetch_optional(&mut *connection)
-        .await?
-        .ok_or(InventoryError::NotFound("node"))
-}
-
 /// The allocation users a node listed in its latest inventory, and when it sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportedUsers {

@@ -23,6 +23,8 @@ pub enum PlacementStrategy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub node_id: String,
+    /// The node's hostname, read back with the claim (users reach it by this name).
+    pub hostname: String,
     pub gpu_indices: Vec<i64>,
 }
 
@@ -72,8 +74,10 @@ pub async fn reserve(
             query = query.bind(id);
         }
         let Some(node_id): Option<String> = query.fetch_optional(&mut *connection).await? else { break };
-        if let Some(gpu_indices) = claim_on(connection, dialect, &node_id, gpu_count, allocation_id, now).await? {
-            return Ok(Some(Reservation { node_id, gpu_indices }));
+        if let Some((hostname, gpu_indices)) =
+            claim_on(connection, dialect, &node_id, gpu_count, allocation_id, now).await?
+        {
+            return Ok(Some(Reservation { node_id, hostname, gpu_indices }));
         }
         tried.push(node_id);
     }
@@ -95,14 +99,15 @@ pub async fn reserve(
         return Ok(None);
     }
     let claimed = claim_on(connection, dialect, &node_id, gpu_count, allocation_id, now).await?;
-    Ok(claimed.map(|gpu_indices| Reservation { node_id, gpu_indices }))
+    Ok(claimed.map(|(hostname, gpu_indices)| Reservation { node_id, hostname, gpu_indices }))
 }
 
 /// Most nodes one placement tries before answering that none has room.
 const MAX_CANDIDATES: usize = 16;
 
 /// Claims `gpu_count` free slots on a node the caller has locked, and takes them off
-/// its free count; `None` (and nothing claimed) when they are not all to be had.
+/// its free count; returns the node's hostname and the GPUs, or `None` (and nothing
+/// claimed) when they are not all to be had.
 async fn claim_on(
     connection: &mut Connection,
     dialect: Dialect,
@@ -110,7 +115,7 @@ async fn claim_on(
     gpu_count: i64,
     allocation_id: &str,
     now: i64,
-) -> Result<Option<Vec<i64>>, InventoryError> {
+) -> Result<Option<(String, Vec<i64>)>, InventoryError> {
     let sql = format!(
         "SELECT gpu_index FROM node_resource_slots WHERE node_id = $1 AND allocation_id IS NULL \
          ORDER BY gpu_index LIMIT $2{}",
@@ -136,12 +141,13 @@ async fn claim_on(
     let mut claimed: Vec<i64> = query.fetch_all(&mut *connection).await?;
     claimed.sort_unstable();
     if claimed.len() as i64 == gpu_count {
-        sqlx::query("UPDATE nodes SET free_gpus = free_gpus - $2 WHERE id = $1")
-            .bind(node_id)
-            .bind(gpu_count)
-            .execute(&mut *connection)
-            .await?;
-        return Ok(Some(claimed));
+        let hostname: String =
+            sqlx::query_scalar("UPDATE nodes SET free_gpus = free_gpus - $2 WHERE id = $1 RETURNING hostname")
+                .bind(node_id)
+                .bind(gpu_count)
+                .fetch_one(&mut *connection)
+                .await?;
+        return Ok(Some((hostname, claimed)));
     }
     // Lost a race for part of this node: give back what we took (its count was not
     // taken yet).
@@ -151,19 +157,50 @@ async fn claim_on(
 
 /// Frees every slot `allocation_id` holds; returns how many.
 pub async fn release(connection: &mut Connection, allocation_id: &str) -> Result<u64, InventoryError> {
+    let freed = FreedSlots::default();
+    let count = release_into(connection, allocation_id, &freed).await?;
+    freed.credit(connection).await?;
+    Ok(count)
+}
+
+/// [`release`] without the nodes' free counts, which are added to `freed` for
+/// [`FreedSlots::credit`] to write later in the same transaction.
+pub async fn release_into(
+    connection: &mut Connection,
+    allocation_id: &str,
+    freed: &FreedSlots,
+) -> Result<u64, InventoryError> {
     let nodes = unclaim(connection, allocation_id).await?;
-    let mut per_node: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    let mut per_node = freed.per_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for node in &nodes {
-        *per_node.entry(node.as_str()).or_default() += 1;
-    }
-    for (node, freed) in per_node {
-        sqlx::query("UPDATE nodes SET free_gpus = free_gpus + $2 WHERE id = $1")
-            .bind(node)
-            .bind(freed)
-            .execute(&mut *connection)
-            .await?;
+        *per_node.entry(node.clone()).or_default() += 1;
     }
     Ok(nodes.len() as u64)
+}
+
+/// Slots cleared in a transaction and not yet counted on their nodes. A placement
+/// locks its node for its whole transaction, so a caller that frees slots of many
+/// allocations in one transaction credits the nodes as its last writes, in node
+/// order: node rows are then held from there to the commit, not for the whole
+/// transaction. Only touched between awaits, hence a plain mutex.
+#[derive(Debug, Default)]
+pub struct FreedSlots {
+    per_node: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+}
+
+impl FreedSlots {
+    /// Adds what was freed to each node's free count and forgets it.
+    pub async fn credit(&self, connection: &mut Connection) -> Result<(), InventoryError> {
+        let per_node = std::mem::take(&mut *self.per_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (node, freed) in per_node {
+            sqlx::query("UPDATE nodes SET free_gpus = free_gpus + $2 WHERE id = $1")
+                .bind(node)
+                .bind(freed)
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Clears the slots `allocation_id` holds without touching the nodes' free counts;

@@ -261,29 +261,46 @@ impl NodePlane {
         let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
         let now = Timestamp::now();
         let params = task.params().to_string();
-        match crate::nodes::status_under(connection, self.store().dialect(), node_id, NodeLock::Enqueue).await? {
-            NodeStatus::Retired => return Err(InventoryError::NodeRetired),
-            NodeStatus::PendingEnrollment => {
-                return Err(InventoryError::Conflict("the node has not enrolled yet".into()));
-            }
-            _ => {}
-        }
-        sqlx::query(
+        let dialect = self.store().dialect();
+        // The common case in one statement: the row is written only for a node that
+        // takes tasks, read under the enqueue lock. When nothing was written, the
+        // node's status says why.
+        let sql = format!(
             "INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
-             correlation_id, created_by, created_at) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8, $9)",
-        )
-        .bind(id)
-        .bind(node_id)
-        .bind(task.task_type().as_str())
-        .bind(&params)
-        .bind(max_attempts.max(1))
-        .bind(now.saturating_add(ttl).as_micros())
-        .bind(&actor.correlation_id)
-        .bind(&actor.id)
-        .bind(now.as_micros())
-        .execute(&mut *connection)
-        .await?;
-        Ok(())
+             correlation_id, created_by, created_at) \
+             SELECT $1, id, $3, $4, 'queued', 0, $5, $6, $7, $8, $9 FROM nodes \
+             WHERE id = $2 AND status NOT IN ('{}', '{}'){}",
+            NodeStatus::Retired.as_str(),
+            NodeStatus::PendingEnrollment.as_str(),
+            NodeLock::Enqueue.clause(dialect)
+        );
+        // A node that enrolled between the two reads gets a second try.
+        for _ in 0..2 {
+            let written = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .bind(node_id)
+                .bind(task.task_type().as_str())
+                .bind(&params)
+                .bind(max_attempts.max(1))
+                .bind(now.saturating_add(ttl).as_micros())
+                .bind(&actor.correlation_id)
+                .bind(&actor.id)
+                .bind(now.as_micros())
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            if written == 1 {
+                return Ok(());
+            }
+            match crate::nodes::status_under(connection, dialect, node_id, NodeLock::Enqueue).await? {
+                NodeStatus::Retired => return Err(InventoryError::NodeRetired),
+                NodeStatus::PendingEnrollment => {
+                    return Err(InventoryError::Conflict("the node has not enrolled yet".into()));
+                }
+                _ => {}
+            }
+        }
+        Err(InventoryError::Conflict("the node changed while the task was queued; try again".into()))
     }
 
     /// Wakes this process's parked pull of `node_id`, if any.
