@@ -50,6 +50,42 @@ impl std::ops::DerefMut for Tx {
         &mut self.inner
     }
 }
+/// See [`Store::one_write`]; `&mut *one` is its connection.
+pub enum OneWrite {
+    Alone(sqlx::pool::PoolConnection<sqlx::Any>),
+    InTransaction(Tx),
+}
+
+impl OneWrite {
+    /// Commits on SQLite; on PostgreSQL the statement committed when it ran.
+    pub async fn finish(self) -> Result<(), sqlx::Error> {
+        match self {
+            OneWrite::Alone(_) => Ok(()),
+            OneWrite::InTransaction(tx) => tx.commit().await,
+        }
+    }
+}
+
+impl std::ops::Deref for OneWrite {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            OneWrite::Alone(connection) => connection,
+            OneWrite::InTransaction(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for OneWrite {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            OneWrite::Alone(connection) => connection,
+            OneWrite::InTransaction(tx) => tx,
+        }
+    }
+}
+
 /// A connection on either engine, e.g. `&mut *tx` inside a transaction.
 pub type Connection = sqlx::AnyConnection;
 pub type Row = sqlx::any::AnyRow;
@@ -207,6 +243,18 @@ impl Store {
                 Ok(Tx { inner, _turn: Some(turn) })
             }
             Dialect::Postgres => Ok(Tx { inner: self.pool.begin().await?, _turn: None }),
+        }
+    }
+
+    /// A connection for one write statement. On PostgreSQL a statement alone is its
+    /// own transaction, so this is a plain pooled connection and costs no BEGIN and
+    /// COMMIT round trips; on SQLite it is a transaction holding this process's write
+    /// turn (see [`Tx`]). [`OneWrite::finish`] ends it; dropping it instead rolls the
+    /// SQLite transaction back.
+    pub async fn one_write(&self) -> Result<OneWrite, StoreError> {
+        match self.dialect {
+            Dialect::Postgres => Ok(OneWrite::Alone(self.pool.acquire().await?)),
+            Dialect::Sqlite => Ok(OneWrite::InTransaction(self.begin().await?)),
         }
     }
 

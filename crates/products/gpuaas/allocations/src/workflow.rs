@@ -20,8 +20,8 @@ use gpuaas_inventory::tasks::{self as node_tasks, TaskState, TaskStatus};
 use gpuaas_kernel::{Timestamp, new_id};
 use gpuaas_nodeagent_protocol::{ProvisionUserParams, RevokeUserParams, Task};
 use gpuaas_policy::keys;
+use gpuaas_store::Connection;
 use gpuaas_store::sqlx;
-use gpuaas_store::{Connection, Dialect};
 
 use crate::events;
 use crate::service::{COLUMNS, Change, Journal, Record, Sets, Value, apply_journaled, record_from_row, schedule};
@@ -84,17 +84,9 @@ impl Allocations {
             .bind(lease)
             .bind(now.as_micros())
             .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
-        let rows = match store.dialect() {
-            // One statement is its own transaction on PostgreSQL: no BEGIN and COMMIT
-            // round trips. SQLite's writers take turns through `Store::begin`.
-            Dialect::Postgres => query.fetch_all(store.pool()).await?,
-            Dialect::Sqlite => {
-                let mut tx = store.begin().await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
-            }
-        };
+        let mut one = store.one_write().await?;
+        let rows = query.fetch_all(&mut *one).await?;
+        one.finish().await?;
         let claimed = rows.iter().map(record_from_row).collect::<Result<Vec<_>, _>>()?;
         // The tasks' states are read before the steps' transactions: a task only moves
         // forward, and a result that lands just after is seen by the next poll.
@@ -362,7 +354,7 @@ impl Allocations {
                 Ok(Some(record.view.node_id.clone()))
             }
             TaskStatus::Queued | TaskStatus::Leased => {
-                if now >= record.workflow_deadline.unwrap_or(now) {
+                if !phase_has_time(record, now) {
                     let reason = format!("provisioning timed out after {} s", timing.provision_timeout.as_secs());
                     self.fail_provisioning(tx, record, step, &reason, true, Vec::new()).await?;
                     return Ok(Some(record.view.node_id.clone()));
@@ -482,7 +474,7 @@ impl Allocations {
                 Ok(None)
             }
             TaskStatus::Queued | TaskStatus::Leased => {
-                if now >= record.workflow_deadline.unwrap_or(now) {
+                if !phase_has_time(record, now) {
                     let reason = format!("release timed out after {} s", timing.release_timeout.as_secs());
                     self.fail_release(tx, record, step, &reason).await?;
                     return Ok(None);
@@ -588,13 +580,19 @@ fn current_task(record: &Record) -> Option<&str> {
 }
 
 /// Whether the row's step would only be "look again later": its phase's task is still
-/// queued or leased and the phase has time left. The steps keep the same rule (see
-/// `check_provisioning` and `check_releasing`) for rows that reach them.
+/// queued or leased and the phase has time left (the rule `check_provisioning` and
+/// `check_releasing` apply to a task in flight).
 fn still_waiting(record: &Record, task: Option<&TaskState>, now: Timestamp) -> bool {
     matches!(record.view.status, AllocationStatus::Provisioning | AllocationStatus::Releasing)
         && current_task(record).is_some()
         && task.is_some_and(|task| matches!(task.status, TaskStatus::Queued | TaskStatus::Leased))
-        && record.workflow_deadline.is_some_and(|deadline| now < deadline)
+        && phase_has_time(record, now)
+}
+
+/// Whether the current phase is still before its deadline; a phase without one has
+/// none left.
+fn phase_has_time(record: &Record, now: Timestamp) -> bool {
+    record.workflow_deadline.is_some_and(|deadline| now < deadline)
 }
 
 /// Hands claimed rows back, due again at `due_at`. Fenced on the claim like every
@@ -615,16 +613,9 @@ async fn look_again_later(
     for id in ids {
         query = query.bind(*id);
     }
-    match store.dialect() {
-        Dialect::Postgres => {
-            query.execute(store.pool()).await?;
-        }
-        Dialect::Sqlite => {
-            let mut tx = store.begin().await?;
-            query.execute(&mut *tx).await?;
-            tx.commit().await?;
-        }
-    }
+    let mut one = store.one_write().await?;
+    query.execute(&mut *one).await?;
+    one.finish().await?;
     Ok(())
 }
 
@@ -651,7 +642,7 @@ impl TaskColumn {
 
 /// Whether the phase may queue another task: attempts and time are left.
 fn can_retry(record: &Record, timing: &Timing, now: Timestamp) -> bool {
-    record.workflow_attempts < timing.max_attempts && record.workflow_deadline.is_some_and(|deadline| now < deadline)
+    record.workflow_attempts < timing.max_attempts && phase_has_time(record, now)
 }
 
 /// A task of the phase failed and another attempt is allowed: forget the task and come

@@ -374,17 +374,9 @@ impl NodePlane {
             .bind(node_id.to_owned())
             .bind(now.as_micros())
             .bind(lease_until.as_micros());
-        let rows = match self.store().dialect() {
-            // One statement is its own transaction on PostgreSQL: no BEGIN and COMMIT
-            // round trips. SQLite's writers take turns through `Store::begin`.
-            gpuaas_store::Dialect::Postgres => query.fetch_all(self.store().pool()).await?,
-            gpuaas_store::Dialect::Sqlite => {
-                let mut tx = self.store().begin().await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
-            }
-        };
+        let mut one = self.store().one_write().await?;
+        let rows = query.fetch_all(&mut *one).await?;
+        one.finish().await?;
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("id")?;
@@ -458,15 +450,9 @@ impl NodePlane {
                 .bind(output.clone())
                 .bind(error.clone())
                 .bind(now);
-            let row = match self.store().dialect() {
-                gpuaas_store::Dialect::Postgres => query.fetch_optional(self.store().pool()).await?,
-                gpuaas_store::Dialect::Sqlite => {
-                    let mut tx = self.store().begin().await?;
-                    let row = query.fetch_optional(&mut *tx).await?;
-                    tx.commit().await?;
-                    row
-                }
-            };
+            let mut one = self.store().one_write().await?;
+            let row = query.fetch_optional(&mut *one).await?;
+            one.finish().await?;
             if let Some(row) = row {
                 return task_from_row(&row);
             }
