@@ -476,6 +476,62 @@ async fn racing_creates_never_share_a_gpu(backend: Backend) {
     assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
 }
 
+gpuaas_testkit::both_backends!(racing_creates_are_each_answered_as_if_alone);
+async fn racing_creates_are_each_answered_as_if_alone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    set_policy(&app, keys::RATELIMIT_WRITE_BURST, 10_000).await;
+    let world = world(&app, 1_000_000).await;
+    set_policy(&app, keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 5).await;
+    // Concurrent creates share transactions: good requests, bad keys and requests over
+    // the cap arrive together, and each gets its own answer.
+    let (app_ref, user) = (&app, world.user.as_str());
+    let requests = (0..60).map(|index| {
+        let mut body = create_body(&world, 1);
+        if index % 3 == 0 {
+            body["ssh_key_ids"] = json!(["not-a-key-of-mine"]);
+        }
+        async move { (index, app_ref.post(ALLOCATIONS, user, body).await) }
+    });
+    let mut created = Vec::new();
+    let mut over_cap = 0;
+    for (index, response) in futures::future::join_all(requests).await {
+        if index % 3 == 0 {
+            let body = envelope(response, 400, "validation_error").await;
+            assert_eq!(body["error"]["details"]["field"], "ssh_key_ids", "{body}");
+            continue;
+        }
+        match response.status().as_u16() {
+            201 => created.push(response.json::<serde_json::Value>().await.unwrap_or_else(|e| panic!("{e}"))),
+            429 => {
+                envelope(response, 429, "allocation_limit_reached").await;
+                over_cap += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+    assert_eq!(created.len(), 5, "exactly the cap is created");
+    assert_eq!(over_cap, 35);
+    let mut gpus: Vec<i64> = created
+        .iter()
+        .flat_map(|body| body["gpu_indices"].as_array().cloned().unwrap_or_default())
+        .map(|index| index.as_i64().unwrap_or(-1))
+        .collect();
+    gpus.sort_unstable();
+    assert_eq!(gpus, [0, 1, 2, 3, 4], "best fit packs the one node, lowest GPUs first");
+    for body in &created {
+        assert_eq!(body["status"], "requested");
+        let shown = show(&app, &world.user, body["id"].as_str().unwrap_or_default()).await;
+        assert_eq!(shown["transitions"].as_array().map(Vec::len), Some(1), "{shown}");
+    }
+    let audited: i64 =
+        gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs WHERE action = 'allocation.create'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(audited, 5);
+    assert_eq!(free_count_drift(&app).await, 0);
+}
+
 /// What the world may do to an allocation next.
 #[derive(Debug, Clone, Copy)]
 enum Move {

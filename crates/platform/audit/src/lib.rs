@@ -181,8 +181,28 @@ impl AuditError {
 /// cut to [`MAX_TEXT_LEN`] characters rather than refused, because losing the entry
 /// would be worse than shortening it.
 pub async fn record(connection: &mut Connection, entry: &NewAuditLog) -> Result<AuditLog, AuditError> {
+    let log = prepare(entry)?;
+    insert(connection, std::slice::from_ref(&log)).await?;
+    Ok(log)
+}
+
+/// [`record`] for many entries at once (a batch of requests in one transaction),
+/// written by one INSERT per hundred.
+pub async fn record_many(connection: &mut Connection, entries: &[NewAuditLog]) -> Result<(), AuditError> {
+    let logs = entries.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+    for chunk in logs.chunks(ENTRIES_PER_INSERT) {
+        insert(connection, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Audit rows per INSERT (11 parameters each).
+const ENTRIES_PER_INSERT: usize = 100;
+
+/// The row `entry` becomes: checked, cut to size and scrubbed.
+fn prepare(entry: &NewAuditLog) -> Result<AuditLog, AuditError> {
     validate_action(&entry.action)?;
-    let log = AuditLog {
+    Ok(AuditLog {
         id: new_id().to_string(),
         at: Timestamp::now(),
         actor_id: truncate(&entry.actor_id),
@@ -194,25 +214,41 @@ pub async fn record(connection: &mut Connection, entry: &NewAuditLog) -> Result<
         result: entry.result,
         correlation_id: truncate(&entry.correlation_id),
         details: clean_details(&entry.details),
-    };
-    sqlx::query(
+    })
+}
+
+async fn insert(connection: &mut Connection, logs: &[AuditLog]) -> Result<(), AuditError> {
+    if logs.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..logs.len())
+        .map(|index| {
+            let placeholders: Vec<String> = (1..=11).map(|column| format!("${}", index * 11 + column)).collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    let sql = format!(
         "INSERT INTO audit_logs (id, at, actor_id, actor_type, actor_role, action, target, tenant_id, result, \
-         correlation_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&log.id)
-    .bind(log.at.as_micros())
-    .bind(&log.actor_id)
-    .bind(log.actor_type.as_str())
-    .bind(&log.actor_role)
-    .bind(&log.action)
-    .bind(&log.target)
-    .bind(&log.tenant_id)
-    .bind(log.result.as_str())
-    .bind(&log.correlation_id)
-    .bind(log.details.to_string())
-    .execute(&mut *connection)
-    .await?;
-    Ok(log)
+         correlation_id, details) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for log in logs {
+        query = query
+            .bind(log.id.clone())
+            .bind(log.at.as_micros())
+            .bind(log.actor_id.clone())
+            .bind(log.actor_type.as_str())
+            .bind(log.actor_role.clone())
+            .bind(log.action.clone())
+            .bind(log.target.clone())
+            .bind(log.tenant_id.clone())
+            .bind(log.result.as_str())
+            .bind(log.correlation_id.clone())
+            .bind(log.details.to_string());
+    }
+    query.execute(&mut *connection).await?;
+    Ok(())
 }
 
 /// Records `entry` in a transaction of its own, for events that have no domain

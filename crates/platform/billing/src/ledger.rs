@@ -539,35 +539,73 @@ pub async fn balance(store: &Store, tenant_id: &str) -> Result<Balance, BillingE
     balance_in(&mut connection, tenant_id).await
 }
 
-/// The tenant's balance as the caller's transaction sees it, e.g. after posting in it.
-/// One statement: the latest checkpoint plus the entries after it.
-pub async fn balance_in(connection: &mut Connection, tenant_id: &str) -> Result<Balance, BillingError> {
-    validate_text("tenant_id", tenant_id, MAX_TEXT_LEN)?;
-    // PostgreSQL sums BIGINT into NUMERIC; the casts keep types both engines decode as i64.
-    let row = sqlx::query(
-        "SELECT a.currency, \
-           CAST(COALESCE((SELECT c.balance_minor FROM ledger_checkpoints c WHERE c.account_id = a.id \
-                          ORDER BY c.entry_no DESC LIMIT 1), 0) AS BIGINT) AS base, \
-           CAST(COALESCE((SELECT SUM(e.amount_minor) FROM ledger_entries e WHERE e.account_id = a.id \
-                          AND e.entry_no > COALESCE((SELECT MAX(c.entry_no) FROM ledger_checkpoints c \
-                                                     WHERE c.account_id = a.id), 0)), 0) AS BIGINT) AS tail \
-         FROM billing_accounts a WHERE a.tenant_id = $1",
-    )
-    .bind(tenant_id)
-    // Unlike the reads above, a prepared statement: balance reads are the hot path,
-    // planning costs more than running this query, and its plan (probes of unique
-    // indexes) does not depend on table size; PostgreSQL replans it after ANALYZE anyway.
-    .fetch_optional(&mut *connection)
-    .await?;
-    let Some(row) = row else {
-        return Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor: 0, currency: None });
-    };
+/// What a balance read returns per account: its currency, its latest checkpoint
+/// (`base`) and the entries after it (`tail`). PostgreSQL sums BIGINT into NUMERIC;
+/// the casts keep types both engines decode as i64.
+const BALANCE_COLUMNS: &str = "a.tenant_id, a.currency, \
+    CAST(COALESCE((SELECT c.balance_minor FROM ledger_checkpoints c WHERE c.account_id = a.id \
+                   ORDER BY c.entry_no DESC LIMIT 1), 0) AS BIGINT) AS base, \
+    CAST(COALESCE((SELECT SUM(e.amount_minor) FROM ledger_entries e WHERE e.account_id = a.id \
+                   AND e.entry_no > COALESCE((SELECT MAX(c.entry_no) FROM ledger_checkpoints c \
+                                              WHERE c.account_id = a.id), 0)), 0) AS BIGINT) AS tail";
+
+fn balance_from_row(row: &gpuaas_store::Row) -> Result<Balance, BillingError> {
+    let tenant_id: String = row.try_get("tenant_id")?;
     let base: i64 = row.try_get("base")?;
     let tail: i64 = row.try_get("tail")?;
     let amount_minor = base
         .checked_add(tail)
         .ok_or_else(|| BillingError::Corrupt(format!("the balance of tenant {tenant_id} overflows")))?;
-    Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor, currency: Some(row.try_get("currency")?) })
+    Ok(Balance { tenant_id, amount_minor, currency: Some(row.try_get("currency")?) })
+}
+
+/// The tenant's balance as the caller's transaction sees it, e.g. after posting in it.
+/// One statement: the latest checkpoint plus the entries after it.
+pub async fn balance_in(connection: &mut Connection, tenant_id: &str) -> Result<Balance, BillingError> {
+    validate_text("tenant_id", tenant_id, MAX_TEXT_LEN)?;
+    let sql = format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        // Unlike the reads above, a prepared statement: balance reads are the hot path,
+        // planning costs more than running this query, and its plan (probes of unique
+        // indexes) does not depend on table size; PostgreSQL replans it after ANALYZE anyway.
+        .fetch_optional(&mut *connection)
+        .await?;
+    match row {
+        Some(row) => balance_from_row(&row),
+        None => Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor: 0, currency: None }),
+    }
+}
+
+/// [`balance_in`] for several tenants in one statement (a batch of requests); a
+/// tenant without an account has a zero balance.
+pub async fn balances_in(
+    connection: &mut Connection,
+    tenant_ids: &[&str],
+) -> Result<HashMap<String, Balance>, BillingError> {
+    let mut balances: HashMap<String, Balance> = HashMap::with_capacity(tenant_ids.len());
+    for tenant_id in tenant_ids {
+        validate_text("tenant_id", tenant_id, MAX_TEXT_LEN)?;
+        balances.insert(
+            (*tenant_id).to_owned(),
+            Balance { tenant_id: (*tenant_id).to_owned(), amount_minor: 0, currency: None },
+        );
+    }
+    if balances.is_empty() {
+        return Ok(balances);
+    }
+    let placeholders: Vec<String> = (1..=balances.len()).map(|index| format!("${index}")).collect();
+    let sql =
+        format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for tenant_id in balances.keys() {
+        query = query.bind(tenant_id.clone());
+    }
+    for row in query.fetch_all(&mut *connection).await? {
+        let balance = balance_from_row(&row)?;
+        balances.insert(balance.tenant_id.clone(), balance);
+    }
+    Ok(balances)
 }
 
 /// One entry by id; [`BillingError::NotFound`] when there is none.

@@ -28,8 +28,8 @@ use gpuaas_store::Migration;
 pub use error::BillingError;
 pub use ledger::{
     Balance, DEFAULT_CHECKPOINT_EVERY, EntryType, LedgerEntry, MAX_AMOUNT_MINOR, MAX_IDEMPOTENCY_KEY_LEN, MAX_TEXT_LEN,
-    NewEntry, Posted, REFERENCE_LEDGER_ENTRY, balance, balance_in, entry, post, post_many, refunded_against,
-    validate_currency,
+    NewEntry, Posted, REFERENCE_LEDGER_ENTRY, balance, balance_in, balances_in, entry, post, post_many,
+    refunded_against, validate_currency,
 };
 pub use query::{LedgerFilter, LedgerPage, list_ledger};
 pub use usage::{

@@ -1,5 +1,5 @@
 //! One database handle over SQLite (embedded default) and PostgreSQL (production),
-//! the migration runner, and transaction helpers.
+//! the migration runner, transaction helpers and group commit.
 //!
 //! Every domain crate reaches the database through [`Store`] and writes SQL that both
 //! engines accept (`$1` placeholders, `BIGINT` integers and microsecond timestamps,
@@ -7,12 +7,14 @@
 //! owns only `schema_migrations`; it must never hold business rules or another
 //! domain's tables.
 
+mod group_commit;
 mod migrate;
 
 use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
+pub use group_commit::GroupCommit;
 pub use migrate::{Migration, SchemaStatus};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};

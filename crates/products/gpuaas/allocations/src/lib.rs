@@ -10,6 +10,7 @@
 //! allocation's status except along [`AllocationStatus::can_become`], and never free
 //! the slots of an allocation whose release did not complete.
 
+mod create;
 mod error;
 pub mod events;
 pub mod reconcile;
@@ -51,11 +52,14 @@ struct Inner {
     resource_ids: ResourceIdFormat,
     /// Wakes this process's workflow runner when there is new work for it.
     wake: Notify,
+    /// Creates waiting for a batch to share.
+    creates: create::CreateQueue,
 }
 
 impl Allocations {
     pub fn new(store: Store, policy: PolicyClient, nodes: NodePlane, resource_ids: ResourceIdFormat) -> Self {
-        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, wake: Notify::new() }) }
+        let creates = create::queue(store.dialect());
+        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, wake: Notify::new(), creates }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -78,6 +82,10 @@ impl Allocations {
     /// Tells this process's workflow runner to look for due work now.
     pub fn wake_runner(&self) {
         self.inner.wake.notify_one();
+    }
+
+    pub(crate) fn creates(&self) -> &create::CreateQueue {
+        &self.inner.creates
     }
 
     pub(crate) fn wake_signal(&self) -> &Notify {

@@ -4,7 +4,7 @@
 
 use gpuaas_billing::UsageRecord;
 use gpuaas_events::EventEnvelope;
-use gpuaas_inventory::slots::{self, PlacementStrategy};
+use gpuaas_inventory::slots;
 use gpuaas_kernel::{Cursor, Timestamp, new_id};
 use gpuaas_policy::keys;
 use gpuaas_store::sqlx::{self, Row as _};
@@ -337,7 +337,7 @@ pub(crate) async fn apply_journaled(
         TransitionRow {
             id: new_id().to_string(),
             allocation_id: record.view.id.clone(),
-            from: from.as_str(),
+            from: Some(from.as_str()),
             to: to.as_str(),
             actor: change.actor.id.clone(),
             reason: change.reason.map(str::to_owned),
@@ -359,7 +359,8 @@ pub(crate) async fn apply_journaled(
 struct TransitionRow {
     id: String,
     allocation_id: String,
-    from: &'static str,
+    /// `None` for the first, `requested`.
+    from: Option<&'static str>,
     to: &'static str,
     actor: String,
     reason: Option<String>,
@@ -381,6 +382,33 @@ pub(crate) struct Journal {
 const TRANSITIONS_PER_INSERT: usize = 100;
 
 impl Journal {
+    /// The first transition of a new allocation (`→ requested`) and its
+    /// `gpuaas.provisioning.requested` event.
+    pub(crate) fn record_created(&self, record: &Record, actor: &Actor, at: Timestamp) -> Result<(), AllocationError> {
+        let requested = lifecycle_event(
+            record,
+            events::PROVISIONING_REQUESTED,
+            None,
+            AllocationStatus::Requested,
+            None,
+            &actor.correlation_id,
+        )?;
+        self.record(
+            TransitionRow {
+                id: new_id().to_string(),
+                allocation_id: record.view.id.clone(),
+                from: None,
+                to: AllocationStatus::Requested.as_str(),
+                actor: actor.id.clone(),
+                reason: None,
+                correlation_id: actor.correlation_id.clone(),
+                at: at.as_micros(),
+            },
+            Some(requested),
+        );
+        Ok(())
+    }
+
     fn record(&self, transition: TransitionRow, event: Option<EventEnvelope>) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pending.0.push(transition);
@@ -426,7 +454,7 @@ impl Journal {
     }
 }
 
-fn lifecycle_event(
+pub(crate) fn lifecycle_event(
     record: &Record,
     subject: &'static str,
     from: Option<AllocationStatus>,
@@ -448,7 +476,7 @@ fn lifecycle_event(
     Ok(EventEnvelope::new(subject, 1, correlation_id, payload))
 }
 
-fn validate_text(field: &str, value: &str, max: usize) -> Result<(), AllocationError> {
+pub(crate) fn validate_text(field: &str, value: &str, max: usize) -> Result<(), AllocationError> {
     let length = value.chars().count();
     if length == 0 || length > max {
         return Err(AllocationError::invalid(field, format!("must be 1 to {max} characters")));
@@ -461,164 +489,13 @@ fn validate_text(field: &str, value: &str, max: usize) -> Result<(), AllocationE
 
 /// The POSIX user an allocation runs as on its node: unique, valid on every distro
 /// (`[a-z_][a-z0-9_-]{0,31}`), and recognisable as ours.
-fn username_for(allocation_id: &str) -> String {
+pub(crate) fn username_for(allocation_id: &str) -> String {
     let hex: String = allocation_id.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_lowercase()).collect();
     let tail = hex.get(hex.len().saturating_sub(29)..).unwrap_or(&hex);
     format!("ga_{tail}")
 }
 
 impl Allocations {
-    /// Validates, checks money and caps, places the allocation on GPU slots and records
-    /// it as `requested` with its `gpuaas.provisioning.requested` event, atomically.
-    pub async fn create(&self, actor: &Actor, new: &NewAllocation<'_>) -> Result<Allocation, AllocationError> {
-        if !(1..=MAX_GPU_COUNT).contains(&new.gpu_count) {
-            return Err(AllocationError::invalid("gpu_count", format!("must be 1 to {MAX_GPU_COUNT}")));
-        }
-        if new.ssh_key_ids.is_empty() || new.ssh_key_ids.len() > MAX_SSH_KEYS {
-            return Err(AllocationError::invalid("ssh_key_ids", format!("give 1 to {MAX_SSH_KEYS} SSH key ids")));
-        }
-        let mut distinct = new.ssh_key_ids.to_vec();
-        distinct.sort();
-        distinct.dedup();
-        if distinct.len() != new.ssh_key_ids.len() {
-            return Err(AllocationError::invalid("ssh_key_ids", "lists a key twice"));
-        }
-        if let Some(name) = new.name {
-            validate_text("name", name, MAX_NAME_LEN)?;
-        }
-        validate_text("sku", new.sku, 256)?;
-        let policy = self.policy();
-        let caps: [(&str, i64); 3] = [
-            ("user", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER).await?),
-            ("project", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT).await?),
-            ("tenant", policy.get(keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT).await?),
-        ];
-        let strategy = match policy.get(keys::ALLOCATIONS_PLACEMENT_STRATEGY).await?.as_str() {
-            "spread" => PlacementStrategy::Spread,
-            _ => PlacementStrategy::BestFit,
-        };
-
-        let store = self.store();
-        let dialect = store.dialect();
-        let mut tx = store.begin().await?;
-        let sku = gpuaas_inventory::skus::resolve(&mut tx, new.sku).await?;
-        if !sku.active {
-            return Err(AllocationError::SkuUnavailable(sku.name));
-        }
-        if new.gpu_count > sku.gpus_per_node {
-            return Err(AllocationError::invalid(
-                "gpu_count",
-                format!("SKU {} has {} GPUs per node", sku.name, sku.gpus_per_node),
-            ));
-        }
-        let keys = crate::ssh_keys::keys_of_user(&mut tx, new.user_id, new.ssh_key_ids).await?;
-        // Creates of one tenant queue behind each other on PostgreSQL, so two racing
-        // requests cannot both pass a cap with one slot left (SQLite's write lock
-        // already serializes them).
-        if dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(new.tenant_id).execute(&mut *tx).await?;
-        }
-        let balance = gpuaas_billing::balance_in(&mut tx, new.tenant_id).await?;
-        if balance.amount_minor <= 0 {
-            return Err(AllocationError::InsufficientBalance {
-                balance_minor: balance.amount_minor,
-                currency: balance.currency.unwrap_or_else(|| sku.currency.clone()),
-            });
-        }
-        // The three caps in one statement.
-        let live = live_list();
-        let sql = format!(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN user_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS by_user, \
-             CAST(COALESCE(SUM(CASE WHEN project_id = $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS by_project, \
-             COUNT(*) AS by_tenant FROM allocations WHERE tenant_id = $3 AND status IN ({live})"
-        );
-        let counts = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(new.user_id)
-            .bind(new.project_id)
-            .bind(new.tenant_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        for ((scope, cap), column) in caps.iter().zip(["by_user", "by_project", "by_tenant"]) {
-            // PostgreSQL sums into NUMERIC; the casts above keep both engines on i64.
-            let count: i64 = counts.try_get(column)?;
-            if count >= *cap {
-                return Err(AllocationError::LimitReached(format!(
-                    "this {scope} already holds {count} live allocations (the limit is {cap}); release one first"
-                )));
-            }
-        }
-        let id = new_id().to_string();
-        let reservation = slots::reserve(&mut tx, dialect, &sku.id, new.gpu_count, &id, strategy)
-            .await?
-            .ok_or_else(|| AllocationError::SkuUnavailable(sku.name.clone()))?;
-        let share = |total: i64| total.saturating_mul(new.gpu_count) / sku.gpus_per_node.max(1);
-        let now = Timestamp::now();
-        let authorized: Vec<&str> = keys.iter().map(|key| key.public_key.as_str()).collect();
-        // RETURNING gives the stored row without reading it again.
-        let sql = format!(
-            "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
-             gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
-             price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $19) \
-             RETURNING {COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&id)
-            .bind(new.tenant_id)
-            .bind(new.project_id)
-            .bind(new.user_id)
-            .bind(new.name)
-            .bind(&sku.id)
-            .bind(new.gpu_count)
-            .bind(&reservation.node_id)
-            .bind(to_json(&reservation.gpu_indices)?)
-            .bind(&reservation.hostname)
-            .bind(username_for(&id))
-            .bind(to_json(&authorized)?)
-            .bind(to_json(&new.ssh_key_ids)?)
-            .bind(share(sku.vcpus_per_node).saturating_mul(1000).max(1000))
-            .bind(share(sku.memory_bytes_per_node))
-            .bind(sku.price_per_gpu_hour_minor)
-            .bind(&sku.currency)
-            .bind(&actor.correlation_id)
-            .bind(now.as_micros())
-            .fetch_one(&mut *tx)
-            .await?;
-        let record = record_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, correlation_id, at) \
-             VALUES ($1, $2, NULL, 'requested', $3, NULL, $4, $5)",
-        )
-        .bind(new_id().to_string())
-        .bind(&id)
-        .bind(&actor.id)
-        .bind(&actor.correlation_id)
-        .bind(now.as_micros())
-        .execute(&mut *tx)
-        .await?;
-        let requested = lifecycle_event(
-            &record,
-            events::PROVISIONING_REQUESTED,
-            None,
-            AllocationStatus::Requested,
-            None,
-            &actor.correlation_id,
-        )?;
-        gpuaas_outbox::enqueue(&mut tx, &requested).await?;
-        let entry = actor.entry(
-            "allocation.create",
-            self.resource_id(&id),
-            serde_json::json!({
-                "sku_id": sku.id, "gpu_count": new.gpu_count, "node_id": reservation.node_id,
-                "gpu_indices": reservation.gpu_indices, "project_id": new.project_id,
-            }),
-        );
-        gpuaas_audit::record(&mut tx, &entry).await?;
-        tx.commit().await?;
-        self.wake_runner();
-        Ok(record.view)
-    }
-
     /// One allocation with its transitions and cost so far. `tenant_id` scopes the
     /// lookup for users: another tenant's allocation is answered like a missing one.
     pub async fn get(&self, allocation_id: &str, tenant_id: Option<&str>) -> Result<Allocation, AllocationError> {
@@ -889,7 +766,7 @@ impl Allocations {
 }
 
 /// The statuses that hold slots and count against caps, as an SQL list.
-fn live_list() -> String {
+pub(crate) fn live_list() -> String {
     AllocationStatus::LIVE.iter().map(|status| format!("'{}'", status.as_str())).collect::<Vec<_>>().join(", ")
 }
 
@@ -916,7 +793,7 @@ fn estimated(allocation: &Allocation, now: Timestamp) -> i64 {
 }
 
 /// A value as JSON text for a TEXT column.
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, AllocationError> {
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, AllocationError> {
     serde_json::to_string(value).map_err(|error| AllocationError::Corrupt(error.to_string()))
 }
 

@@ -265,40 +265,42 @@ async fn lock_user_keys(
     Ok(())
 }
 
-/// The keys `ids` name, in that order, all of which must belong to `user_id`. Used when
-/// an allocation is created, inside its transaction, to snapshot its `authorized_keys`.
-pub(crate) async fn keys_of_user(
+/// The keys with these ids, whoever owns them, in one statement: a batch of creates
+/// reads all its keys at once, inside its transaction, and checks each request's with
+/// [`owned_keys`] to snapshot its `authorized_keys`.
+pub(crate) async fn keys_by_id(
     connection: &mut gpuaas_store::Connection,
-    user_id: &str,
-    ids: &[String],
-) -> Result<Vec<SshKey>, AllocationError> {
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, SshKey>, AllocationError> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(std::collections::HashMap::new());
     }
-    if ids.len() > MAX_KEYS_PER_USER {
-        return Err(AllocationError::invalid("ssh_key_ids", format!("at most {MAX_KEYS_PER_USER} keys")));
-    }
-    for (index, id) in ids.iter().enumerate() {
-        if ids[..index].contains(id) {
-            return Err(AllocationError::invalid("ssh_key_ids", format!("ssh key {} is listed twice", shown_id(id))));
-        }
-    }
-    let placeholders = (0..ids.len()).map(|index| format!("${}", index + 2)).collect::<Vec<_>>().join(", ");
-    let sql = format!("SELECT {KEY_COLUMNS} FROM ssh_keys WHERE user_id = $1 AND id IN ({placeholders})");
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    let placeholders = (1..=ids.len()).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {KEY_COLUMNS} FROM ssh_keys WHERE id IN ({placeholders})");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
-        query = query.bind(id);
+        query = query.bind(*id);
     }
     let rows = query.fetch_all(&mut *connection).await?;
-    let mut found = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
-    let mut ordered = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(position) = found.iter().position(|key| &key.id == id) else {
-            return Err(AllocationError::invalid("ssh_key_ids", format!("unknown ssh key {}", shown_id(id))));
-        };
-        ordered.push(found.swap_remove(position));
-    }
-    Ok(ordered)
+    rows.iter().map(|row| key_from_row(row).map(|key| (key.id.clone(), key))).collect()
+}
+
+/// `user_id`'s keys among `found`, in the order of `ids`; a key that is missing or
+/// another user's is refused alike, as unknown.
+pub(crate) fn owned_keys(
+    found: &std::collections::HashMap<String, SshKey>,
+    user_id: &str,
+    ids: &[&str],
+) -> Result<Vec<SshKey>, AllocationError> {
+    ids.iter()
+        .map(|id| {
+            found
+                .get(*id)
+                .filter(|key| key.user_id == user_id)
+                .cloned()
+                .ok_or_else(|| AllocationError::invalid("ssh_key_ids", format!("unknown ssh key {}", shown_id(id))))
+        })
+        .collect()
 }
 
 /// An id as an error message may quote it: ids are short and plain, anything else is
@@ -682,11 +684,7 @@ K5d7bsSt3zmWkkaCp4YyLwWdvvKFvNuloRuIaBinOiw1jWShVDNnQE38DNCwbjTsTUg9M+
             .unwrap_or_else(|e| panic!("{e}"));
         }
 
-        fn ids(list: &[&str]) -> Vec<String> {
-            list.iter().map(|id| (*id).to_owned()).collect()
-        }
-
-        async fn keys_of_user_keeps_order_and_refuses_foreign_keys(backend: Backend) {
+        async fn owned_keys_keep_order_and_refuse_foreign_keys(backend: Backend) {
             let database = TestDatabase::create(backend).await;
             let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
             store.migrate(crate::MIGRATIONS).await.unwrap_or_else(|e| panic!("{e}"));
@@ -694,22 +692,23 @@ K5d7bsSt3zmWkkaCp4YyLwWdvvKFvNuloRuIaBinOiw1jWShVDNnQE38DNCwbjTsTUg9M+
             insert(&store, "k2", "alice", ECDSA256, 2).await;
             insert(&store, "k3", "bob", RSA3072, 3).await;
             let mut connection = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
+            let found = keys_by_id(&mut connection, &["k1", "k2", "k3", "nope", "x' OR '1'='1"])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(found.len(), 3, "the three stored keys, whoever owns them");
+            assert!(keys_by_id(&mut connection, &[]).await.unwrap_or_else(|e| panic!("{e}")).is_empty());
 
-            let keys =
-                keys_of_user(&mut connection, "alice", &ids(&["k2", "k1"])).await.unwrap_or_else(|e| panic!("{e}"));
+            let keys = owned_keys(&found, "alice", &["k2", "k1"]).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(keys.iter().map(|key| key.id.as_str()).collect::<Vec<_>>(), ["k2", "k1"]);
             assert_eq!(keys[1].public_key, ED25519);
             assert_eq!(keys[1].created_at, Timestamp::from_micros(1));
-            assert!(keys_of_user(&mut connection, "alice", &[]).await.unwrap_or_else(|e| panic!("{e}")).is_empty());
 
             for (list, needle) in [
-                (ids(&["k1", "k3"]), "unknown ssh key k3"),
-                (ids(&["nope"]), "unknown ssh key nope"),
-                (ids(&["k1", "k1"]), "listed twice"),
-                (ids(&["x' OR '1'='1"]), "unknown ssh key (not an id)"),
-                ((0..=MAX_KEYS_PER_USER).map(|n| format!("k{n}")).collect(), "at most"),
+                (vec!["k1", "k3"], "unknown ssh key k3"),
+                (vec!["nope"], "unknown ssh key nope"),
+                (vec!["x' OR '1'='1"], "unknown ssh key (not an id)"),
             ] {
-                match keys_of_user(&mut connection, "alice", &list).await {
+                match owned_keys(&found, "alice", &list) {
                     Err(AllocationError::Invalid { field, message }) => {
                         assert_eq!(field, "ssh_key_ids");
                         assert!(message.contains(needle), "{message}");
@@ -719,6 +718,6 @@ K5d7bsSt3zmWkkaCp4YyLwWdvvKFvNuloRuIaBinOiw1jWShVDNnQE38DNCwbjTsTUg9M+
             }
         }
 
-        both_backends!(keys_of_user_keeps_order_and_refuses_foreign_keys);
+        both_backends!(owned_keys_keep_order_and_refuse_foreign_keys);
     }
 }

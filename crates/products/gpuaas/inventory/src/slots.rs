@@ -102,6 +102,177 @@ pub async fn reserve(
     Ok(claimed.map(|(hostname, gpu_indices)| Reservation { node_id, hostname, gpu_indices }))
 }
 
+/// One allocation of a batch to place: its id and how many GPUs it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    pub allocation_id: &'a str,
+    pub gpu_count: i64,
+}
+
+/// [`reserve`] for a batch of allocations of one SKU, in the caller's transaction, in
+/// a few statements whatever the batch's size: it locks up to one fitting node per
+/// request of each size (skipping nodes another transaction holds; it never waits for
+/// one), reads their free slots, picks by `strategy` in the batch's order, and claims
+/// every slot with one UPDATE and the nodes' counts with another. `None` for a request
+/// that did not fit on the nodes it could lock: the caller tries it alone with
+/// [`reserve`], which may wait for a node. Two batches never wait for each other's
+/// nodes, so they cannot deadlock.
+pub async fn reserve_many(
+    connection: &mut Connection,
+    dialect: Dialect,
+    sku_id: &str,
+    wanted: &[Wanted<'_>],
+    strategy: PlacementStrategy,
+) -> Result<Vec<Option<Reservation>>, InventoryError> {
+    if let Some(bad) = wanted.iter().find(|want| want.gpu_count < 1) {
+        return Err(InventoryError::invalid("gpu_count", format!("must be at least 1, not {}", bad.gpu_count)));
+    }
+    let order = match strategy {
+        PlacementStrategy::BestFit => "free_gpus ASC",
+        PlacementStrategy::Spread => "free_gpus DESC",
+    };
+    let lock = match dialect {
+        Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    // Largest requests first: the nodes that fit them fit the smaller ones too.
+    let mut sizes: Vec<i64> = wanted.iter().map(|want| want.gpu_count).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    let mut nodes: Vec<(String, String)> = Vec::new();
+    for size in sizes {
+        let count = wanted.iter().filter(|want| want.gpu_count == size).count();
+        let excluded: Vec<String> = (0..nodes.len()).map(|index| format!("${}", index + 4)).collect();
+        let excluded =
+            if excluded.is_empty() { String::new() } else { format!(" AND id NOT IN ({})", excluded.join(", ")) };
+        let sql = format!(
+            "SELECT id, hostname FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2{excluded} \
+             ORDER BY {order}, id LIMIT $3{lock}"
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sku_id)
+            .bind(size)
+            .bind(i64::try_from(count).unwrap_or(i64::MAX));
+        for (id, _) in &nodes {
+            query = query.bind(id.clone());
+        }
+        let found: Vec<(String, String)> = query.fetch_all(&mut *connection).await?;
+        nodes.extend(found);
+    }
+    if nodes.is_empty() {
+        return Ok(vec![None; wanted.len()]);
+    }
+    // The nodes are locked, so their free slots stay free until this commits; the claim
+    // below is still conditioned on each slot being free, and checked.
+    let placeholders: Vec<String> = (1..=nodes.len()).map(|index| format!("${index}")).collect();
+    let sql = format!(
+        "SELECT node_id, gpu_index FROM node_resource_slots WHERE allocation_id IS NULL AND node_id IN ({}) \
+         ORDER BY node_id, gpu_index",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for (id, _) in &nodes {
+        query = query.bind(id.clone());
+    }
+    let free: Vec<(String, i64)> = query.fetch_all(&mut *connection).await?;
+    let mut free_by_node: std::collections::BTreeMap<&str, Vec<i64>> =
+        nodes.iter().map(|(id, _)| (id.as_str(), Vec::new())).collect();
+    for (node, index) in &free {
+        if let Some(slots) = free_by_node.get_mut(node.as_str()) {
+            slots.push(*index);
+        }
+    }
+    let picks = pick_slots(&mut free_by_node, wanted, strategy);
+    let claims: Vec<(&str, i64, &str)> = picks
+        .iter()
+        .zip(wanted)
+        .filter_map(|(pick, want)| pick.as_ref().map(|(node, indices)| (node, indices, want.allocation_id)))
+        .flat_map(|(node, indices, allocation)| indices.iter().map(move |index| (node.as_str(), *index, allocation)))
+        .collect();
+    if claims.is_empty() {
+        return Ok(vec![None; wanted.len()]);
+    }
+    let now = Timestamp::now().as_micros();
+    for chunk in claims.chunks(CLAIMS_PER_UPDATE) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|index| format!("(${}, ${}, ${})", index * 3 + 2, index * 3 + 3, index * 3 + 4))
+            .collect();
+        let sql = format!(
+            "WITH claims (node_id, gpu_index, allocation_id) AS (VALUES {}) \
+             UPDATE node_resource_slots SET allocation_id = claims.allocation_id, reserved_at = $1 FROM claims \
+             WHERE node_resource_slots.node_id = claims.node_id AND node_resource_slots.gpu_index = claims.gpu_index \
+             AND node_resource_slots.allocation_id IS NULL",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for (node, index, allocation) in chunk {
+            query = query.bind(*node).bind(*index).bind(*allocation);
+        }
+        if query.execute(&mut *connection).await?.rows_affected() != chunk.len() as u64 {
+            // Cannot happen while the nodes are locked; refused rather than half-claimed.
+            return Err(InventoryError::Conflict("a GPU slot was claimed meanwhile; try again".into()));
+        }
+    }
+    let mut taken: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for (node, _, _) in &claims {
+        *taken.entry(node).or_default() += 1;
+    }
+    let rows: Vec<String> = (0..taken.len()).map(|index| format!("(${}, ${})", index * 2 + 1, index * 2 + 2)).collect();
+    let sql = format!(
+        "WITH taken (id, gpus) AS (VALUES {}) UPDATE nodes SET free_gpus = nodes.free_gpus - taken.gpus FROM taken \
+         WHERE nodes.id = taken.id",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (node, gpus) in &taken {
+        query = query.bind(*node).bind(*gpus);
+    }
+    query.execute(&mut *connection).await?;
+    let hostnames: std::collections::HashMap<&str, &str> =
+        nodes.iter().map(|(id, hostname)| (id.as_str(), hostname.as_str())).collect();
+    Ok(picks
+        .into_iter()
+        .map(|pick| {
+            pick.map(|(node_id, gpu_indices)| Reservation {
+                hostname: hostnames.get(node_id.as_str()).map(|name| (*name).to_owned()).unwrap_or_default(),
+                node_id,
+                gpu_indices,
+            })
+        })
+        .collect())
+}
+
+/// Slot claims per UPDATE (3 parameters each).
+const CLAIMS_PER_UPDATE: usize = 300;
+
+/// Picks slots for each request in turn from `free` (node → its free GPU indices,
+/// taken out as they are picked): best fit takes the node with the fewest free GPUs
+/// that still fits, spread the one with the most; ties go to the lowest node id, and
+/// a request gets its node's lowest free indices.
+fn pick_slots(
+    free: &mut std::collections::BTreeMap<&str, Vec<i64>>,
+    wanted: &[Wanted<'_>],
+    strategy: PlacementStrategy,
+) -> Vec<Option<(String, Vec<i64>)>> {
+    wanted
+        .iter()
+        .map(|want| {
+            let need = usize::try_from(want.gpu_count).unwrap_or(usize::MAX);
+            let fitting = free.iter().filter(|(_, slots)| slots.len() >= need);
+            let node = match strategy {
+                // `min_by_key`/`max_by_key` keep the first/last of equals: the BTreeMap
+                // order makes the lowest id win both ways.
+                PlacementStrategy::BestFit => fitting.min_by_key(|(_, slots)| slots.len()),
+                PlacementStrategy::Spread => fitting.rev().max_by_key(|(_, slots)| slots.len()),
+            }
+            .map(|(node, _)| *node)?;
+            let slots = free.get_mut(node)?;
+            let picked: Vec<i64> = slots.drain(..need).collect();
+            Some((node.to_owned(), picked))
+        })
+        .collect()
+}
+
 /// Most nodes one placement tries before answering that none has room.
 const MAX_CANDIDATES: usize = 16;
 
