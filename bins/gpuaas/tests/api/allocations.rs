@@ -2,7 +2,7 @@
 //! driven step by step against the real node task queue, release, force-release,
 //! metering, scoping and the concurrency claim (no GPU ever held twice).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use gpuaas_nodeagent_protocol::{TaskResult, TaskType};
@@ -529,6 +529,78 @@ async fn racing_creates_are_each_answered_as_if_alone(backend: Backend) {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(audited, 5);
+    assert_eq!(free_count_drift(&app).await, 0);
+}
+
+gpuaas_testkit::both_backends!(racing_releases_are_each_answered_as_if_alone);
+async fn racing_releases_are_each_answered_as_if_alone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    set_policy(&app, keys::RATELIMIT_WRITE_BURST, 10_000).await;
+    let world = world(&app, 1_000_000).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(text(&create(&app, &world, 1).await["id"]));
+    }
+    step(&app).await;
+    assert_eq!(answer(&app, &world.node, None).await.len(), 6);
+    step(&app).await;
+    let bob = app.token_for("bob").await;
+    // Each allocation released twice by its owner and once by a stranger, plus one
+    // that does not exist, all at once: the releases share transactions.
+    let mut requests = Vec::new();
+    for id in &ids {
+        requests.push((id.clone(), world.user.clone()));
+        requests.push((id.clone(), bob.clone()));
+        requests.push((id.clone(), world.user.clone()));
+    }
+    requests.push(("no-such-allocation".to_owned(), world.user.clone()));
+    let app_ref = &app;
+    let responses = futures::future::join_all(requests.into_iter().map(|(id, token)| async move {
+        let response = app_ref.post(&format!("{ALLOCATIONS}/{id}/release"), &token, json!({})).await;
+        (id, token, response)
+    }))
+    .await;
+    let mut released: HashMap<String, usize> = HashMap::new();
+    for (id, token, response) in responses {
+        match (response.status().as_u16(), token == bob || id == "no-such-allocation") {
+            (200, false) => {
+                let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(body["status"], "releasing", "{body}");
+                assert!(body["releasing_at"].is_string(), "{body}");
+                assert_eq!(statuses(&body), ["requested", "provisioning", "active", "releasing"], "{body}");
+                *released.entry(id).or_default() += 1;
+            }
+            (409, false) => {
+                envelope(response, 409, "allocation_invalid_transition").await;
+            }
+            (404, true) => {
+                envelope(response, 404, "not_found").await;
+            }
+            (status, _) => panic!("unexpected {status} for {id}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+    assert_eq!(released.len(), 6, "every allocation was released: {released:?}");
+    assert!(released.values().all(|count| *count == 1), "exactly once each: {released:?}");
+    for (table, condition, expected) in [
+        ("audit_logs", "action = 'allocation.release'", 6),
+        ("outbox_events", "subject = 'gpuaas.provisioning.releasing.requested'", 6),
+        ("allocation_transitions", "to_status = 'releasing'", 6),
+    ] {
+        let count: i64 = gpuaas_store::sqlx::query_scalar(gpuaas_store::sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE {condition}"
+        )))
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(count, expected, "{table}");
+    }
+    // The workflow takes it from there.
+    step(&app).await;
+    answer(&app, &world.node, None).await;
+    step(&app).await;
+    for id in &ids {
+        assert_eq!(show(&app, &world.user, id).await["status"], "released");
+    }
     assert_eq!(free_count_drift(&app).await, 0);
 }
 

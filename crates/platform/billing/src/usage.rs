@@ -95,13 +95,30 @@ fn validate(record: &NewUsageRecord<'_>) -> Result<(), BillingError> {
     Ok(())
 }
 
-/// The allocation's most recent usage record, if it ever ran.
-pub async fn usage_for_allocation(store: &Store, allocation_id: &str) -> Result<Option<UsageRecord>, BillingError> {
+/// The latest usage record of each of these allocations (one for most; a record per
+/// run otherwise), in one statement. Allocations that never ran are absent.
+pub async fn usage_for_allocations(
+    store: &Store,
+    allocation_ids: &[&str],
+) -> Result<std::collections::HashMap<String, UsageRecord>, BillingError> {
+    let mut latest = std::collections::HashMap::new();
+    if allocation_ids.is_empty() {
+        return Ok(latest);
+    }
+    let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
     let sql = format!(
-        "SELECT {COLUMNS} FROM usage_records WHERE allocation_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1"
+        "SELECT {COLUMNS} FROM usage_records WHERE allocation_id IN ({}) ORDER BY started_at, id",
+        placeholders.join(", ")
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_optional(store.pool()).await?;
-    row.as_ref().map(from_row).transpose()
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in allocation_ids {
+        query = query.bind(*id);
+    }
+    for row in query.fetch_all(store.pool()).await? {
+        let record = from_row(&row)?;
+        latest.insert(record.allocation_id.clone(), record);
+    }
+    Ok(latest)
 }
 
 /// Stores a usage record on the caller's connection or transaction.

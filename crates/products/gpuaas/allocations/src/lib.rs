@@ -14,6 +14,7 @@ mod create;
 mod error;
 pub mod events;
 pub mod reconcile;
+mod release;
 pub mod service;
 pub mod ssh_keys;
 mod status;
@@ -32,12 +33,20 @@ pub use gpuaas_inventory::Actor;
 pub use service::{Allocation, AllocationFilter, AllocationPage, NewAllocation, Transition};
 pub use status::AllocationStatus;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112360,
-    name: "allocations",
-    sqlite: include_str!("../migrations/2026112360_allocations.sql"),
-    postgres: include_str!("../migrations/2026112360_allocations.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112360,
+        name: "allocations",
+        sqlite: include_str!("../migrations/2026112360_allocations.sql"),
+        postgres: include_str!("../migrations/2026112360_allocations.sql"),
+    },
+    Migration {
+        version: 2026112481,
+        name: "drop_unused_allocation_indexes",
+        sqlite: include_str!("../migrations/2026112481_drop_unused_indexes.sql"),
+        postgres: include_str!("../migrations/2026112481_drop_unused_indexes.sql"),
+    },
+];
 
 /// The allocations service. Cheap to clone.
 #[derive(Clone)]
@@ -54,12 +63,15 @@ struct Inner {
     wake: Notify,
     /// Creates waiting for a batch to share.
     creates: create::CreateQueue,
+    /// Releases waiting for a batch to share.
+    releases: release::ReleaseQueue,
 }
 
 impl Allocations {
     pub fn new(store: Store, policy: PolicyClient, nodes: NodePlane, resource_ids: ResourceIdFormat) -> Self {
-        let creates = create::queue(store.dialect());
-        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, wake: Notify::new(), creates }) }
+        let (creates, releases) = (create::queue(store.dialect()), release::queue(store.dialect()));
+        let wake = Notify::new();
+        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, wake, creates, releases }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -86,6 +98,10 @@ impl Allocations {
 
     pub(crate) fn creates(&self) -> &create::CreateQueue {
         &self.inner.creates
+    }
+
+    pub(crate) fn releases(&self) -> &release::ReleaseQueue {
+        &self.inner.releases
     }
 
     pub(crate) fn wake_signal(&self) -> &Notify {

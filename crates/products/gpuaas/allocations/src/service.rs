@@ -290,43 +290,128 @@ pub(crate) async fn apply_journaled(
         None => from,
     };
     let now = Timestamp::now();
-    let failure = change
-        .filter(|_| matches!(to, AllocationStatus::Failed | AllocationStatus::ReleaseFailed))
-        .and_then(|change| change.reason);
     // Placeholders: $1 id, $2 the status read, $3 the fence, then the columns set.
+    let (assignments, values) = assignments(change.map(|change| (to, change)), sets, now, 4);
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    let fenced = if fence.is_some() { " AND workflow_lease_until = $3" } else { " AND $3 IS NULL" };
+    let sql = format!("UPDATE allocations SET {} WHERE id = $1 AND status = $2{fenced}", assignments.join(", "));
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&record.view.id).bind(from.as_str()).bind(fence);
+    if bind_values(query, values).execute(&mut *connection).await?.rows_affected() != 1 {
+        return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
+    }
+    match change {
+        Some(change) => journal_change(record, to, change, now, journal),
+        None => Ok(()),
+    }
+}
+
+/// One status change per record, all to the same status (and failure reason, when
+/// it records one), with the columns `sets`, in one UPDATE: the records are locked by
+/// the caller's transaction and may all make their change. Each transition and event
+/// goes to `journal`.
+pub(crate) async fn apply_many(
+    connection: &mut Connection,
+    changes: &mut [(&mut Record, Change<'_>)],
+    sets: Sets,
+    journal: &Journal,
+) -> Result<(), AllocationError> {
+    let Some((_, first)) = changes.first() else { return Ok(()) };
+    let (to, reason) = (first.to, failure_reason(first.to, first));
+    let mut from: Vec<&'static str> = Vec::new();
+    for (record, change) in changes.iter() {
+        if change.to != to || failure_reason(change.to, change) != reason {
+            return Err(AllocationError::Corrupt("one UPDATE cannot make different changes".into()));
+        }
+        record.view.status.transition(to)?;
+        from.push(record.view.status.as_str());
+    }
+    from.sort_unstable();
+    from.dedup();
+    let now = Timestamp::now();
+    let (assignments, values) = assignments(Some((to, first)), sets, now, 1);
+    let mut next = values.len();
+    let mut placeholders = |count: usize| {
+        let list: Vec<String> = (next + 1..=next + count).map(|index| format!("${index}")).collect();
+        next += count;
+        list.join(", ")
+    };
+    let ids = placeholders(changes.len());
+    let statuses = placeholders(from.len());
+    let sql =
+        format!("UPDATE allocations SET {} WHERE id IN ({ids}) AND status IN ({statuses})", assignments.join(", "));
+    let mut query = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), values);
+    for (record, _) in changes.iter() {
+        query = query.bind(record.view.id.clone());
+    }
+    for status in from {
+        query = query.bind(status);
+    }
+    if query.execute(&mut *connection).await?.rows_affected() != changes.len() as u64 {
+        return Err(AllocationError::Conflict("an allocation changed meanwhile; try again".into()));
+    }
+    for (record, change) in changes.iter_mut() {
+        journal_change(record, to, change, now, journal)?;
+    }
+    Ok(())
+}
+
+/// The SET list of a status change (to `to`, when there is one) and of `sets`, with
+/// placeholders numbered from `first`, and the values to bind to them in order.
+fn assignments(
+    change: Option<(AllocationStatus, &Change<'_>)>,
+    sets: Sets,
+    now: Timestamp,
+    first: usize,
+) -> (Vec<String>, Vec<Value>) {
     let mut assignments = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     let mut assign = |column: String, value: Value| {
+        assignments.push(format!("{column} = ${}", values.len() + first));
         values.push(value);
-        assignments.push(format!("{column} = ${}", values.len() + 3));
     };
-    if change.is_some() {
+    if let Some((to, change)) = change {
         assign("status".into(), Value::Text(Some(to.as_str().to_owned())));
         assign("updated_at".into(), Value::Int(Some(now.as_micros())));
         assign(format!("{}_at", to.as_str()), Value::Int(Some(now.as_micros())));
-        if let Some(reason) = failure {
+        if let Some(reason) = failure_reason(to, change) {
             assign("failure_reason".into(), Value::Text(Some(reason.to_owned())));
         }
     }
     for (column, value) in sets {
         assign(column.to_owned(), value);
     }
-    if assignments.is_empty() {
-        return Ok(());
-    }
-    let fenced = if fence.is_some() { " AND workflow_lease_until = $3" } else { " AND $3 IS NULL" };
-    let sql = format!("UPDATE allocations SET {} WHERE id = $1 AND status = $2{fenced}", assignments.join(", "));
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&record.view.id).bind(from.as_str()).bind(fence);
+    (assignments, values)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind_values(mut query: AnyQuery<'_>, values: Vec<Value>) -> AnyQuery<'_> {
     for value in values {
         query = match value {
             Value::Int(value) => query.bind(value),
             Value::Text(value) => query.bind(value),
         };
     }
-    if query.execute(&mut *connection).await?.rows_affected() != 1 {
-        return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
-    }
-    let Some(change) = change else { return Ok(()) };
+    query
+}
+
+/// The reason a change records as the allocation's failure: only failures have one.
+fn failure_reason<'a>(to: AllocationStatus, change: &Change<'a>) -> Option<&'a str> {
+    change.reason.filter(|_| matches!(to, AllocationStatus::Failed | AllocationStatus::ReleaseFailed))
+}
+
+/// Records a change written to `record`'s row: its transition and event go to
+/// `journal`, and the record in memory takes its new status and times.
+fn journal_change(
+    record: &mut Record,
+    to: AllocationStatus,
+    change: &Change<'_>,
+    now: Timestamp,
+    journal: &Journal,
+) -> Result<(), AllocationError> {
+    let from = record.view.status;
     let event = match change.subject {
         Some(subject) => {
             Some(lifecycle_event(record, subject, Some(from), to, change.reason, &change.actor.correlation_id)?)
@@ -346,10 +431,21 @@ pub(crate) async fn apply_journaled(
         },
         event,
     );
-    record.view.status = to;
-    record.view.updated_at = now;
-    if failure.is_some() {
-        record.view.failure_reason = failure.map(str::to_owned);
+    let view = &mut record.view;
+    view.status = to;
+    view.updated_at = now;
+    let stamp = match to {
+        AllocationStatus::Requested => &mut view.created_at,
+        AllocationStatus::Provisioning => view.provisioning_at.insert(now),
+        AllocationStatus::Active => view.active_at.insert(now),
+        AllocationStatus::Releasing => view.releasing_at.insert(now),
+        AllocationStatus::Released => view.released_at.insert(now),
+        AllocationStatus::Failed => view.failed_at.insert(now),
+        AllocationStatus::ReleaseFailed => view.release_failed_at.insert(now),
+    };
+    *stamp = now;
+    if let Some(reason) = failure_reason(to, change) {
+        view.failure_reason = Some(reason.to_owned());
     }
     Ok(())
 }
@@ -505,11 +601,21 @@ impl Allocations {
         if tenant_id.is_some_and(|tenant| tenant != record.view.tenant_id) {
             return Err(AllocationError::NotFound("allocation"));
         }
-        let mut view = record.view;
-        view.transitions = Some(self.transitions(allocation_id).await?);
-        let usage = gpuaas_billing::usage_for_allocation(self.store(), allocation_id).await?;
-        view.accrued_cost_minor = accrued(usage.as_ref(), Timestamp::now());
-        Ok(view)
+        let mut views = self.full_views(vec![record.view]).await?;
+        views.pop().ok_or(AllocationError::NotFound("allocation"))
+    }
+
+    /// `views` with their transitions and cost so far, read for all of them at once.
+    pub(crate) async fn full_views(&self, mut views: Vec<Allocation>) -> Result<Vec<Allocation>, AllocationError> {
+        let ids: Vec<&str> = views.iter().map(|view| view.id.as_str()).collect();
+        let mut transitions = self.transitions_of(&ids).await?;
+        let usage = gpuaas_billing::usage_for_allocations(self.store(), &ids).await?;
+        let now = Timestamp::now();
+        for view in &mut views {
+            view.accrued_cost_minor = accrued(usage.get(&view.id), now);
+            view.transitions = Some(transitions.remove(&view.id).unwrap_or_default());
+        }
+        Ok(views)
     }
 
     /// Just the status: one indexed read, for callers that poll.
@@ -522,29 +628,40 @@ impl Allocations {
         AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))
     }
 
-    async fn transitions(&self, allocation_id: &str) -> Result<Vec<Transition>, AllocationError> {
-        let rows = sqlx::query(
-            "SELECT from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \
-             WHERE allocation_id = $1 ORDER BY at, id",
-        )
-        .bind(allocation_id)
-        .fetch_all(self.store().pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let parse = |text: String| {
-                    AllocationStatus::parse(&text).ok_or_else(|| AllocationError::Corrupt(format!("status {text}")))
-                };
-                Ok(Transition {
-                    from: row.try_get::<Option<String>, _>("from_status")?.map(parse).transpose()?,
-                    to: parse(row.try_get("to_status")?)?,
-                    actor: row.try_get("actor")?,
-                    reason: row.try_get("reason")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    at: Timestamp::from_micros(row.try_get("at")?),
-                })
-            })
-            .collect()
+    /// Each allocation's transitions, oldest first.
+    async fn transitions_of(
+        &self,
+        allocation_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<Transition>>, AllocationError> {
+        let mut found: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
+        if allocation_ids.is_empty() {
+            return Ok(found);
+        }
+        let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
+        let sql = format!(
+            "SELECT allocation_id, from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \
+             WHERE allocation_id IN ({}) ORDER BY at, id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in allocation_ids {
+            query = query.bind(*id);
+        }
+        let parse = |text: String| {
+            AllocationStatus::parse(&text).ok_or_else(|| AllocationError::Corrupt(format!("status {text}")))
+        };
+        for row in query.fetch_all(self.store().pool()).await? {
+            let transition = Transition {
+                from: row.try_get::<Option<String>, _>("from_status")?.map(parse).transpose()?,
+                to: parse(row.try_get("to_status")?)?,
+                actor: row.try_get("actor")?,
+                reason: row.try_get("reason")?,
+                correlation_id: row.try_get("correlation_id")?,
+                at: Timestamp::from_micros(row.try_get("at")?),
+            };
+            found.entry(row.try_get("allocation_id")?).or_default().push(transition);
+        }
+        Ok(found)
     }
 
     /// Allocations newest first, filtered by status and (for users) tenant.
@@ -607,33 +724,6 @@ impl Allocations {
             item.accrued_cost_minor = estimated(item, now);
         }
         Ok(AllocationPage { items, next_cursor })
-    }
-
-    /// The owner's release: `active → releasing`, or a retry from `release_failed`.
-    /// Already releasing (or any other status) is a 409.
-    pub async fn release(
-        &self,
-        actor: &Actor,
-        allocation_id: &str,
-        tenant_id: &str,
-    ) -> Result<Allocation, AllocationError> {
-        let mut tx = self.store().begin().await?;
-        let mut record = lock(&mut tx, self.store().dialect(), allocation_id).await?;
-        if record.view.tenant_id != tenant_id {
-            return Err(AllocationError::NotFound("allocation"));
-        }
-        let change = Change {
-            to: AllocationStatus::Releasing,
-            actor,
-            reason: Some("released by its owner"),
-            subject: Some(events::RELEASING_REQUESTED),
-        };
-        apply(&mut tx, &mut record, Some(&change), schedule(Some(Timestamp::now()), true), None).await?;
-        let entry = actor.entry("allocation.release", self.resource_id(allocation_id), serde_json::json!({}));
-        gpuaas_audit::record(&mut tx, &entry).await?;
-        tx.commit().await?;
-        self.wake_runner();
-        self.get(allocation_id, None).await
     }
 
     /// An operator's (or the platform's) release, with a reason: from `requested` or

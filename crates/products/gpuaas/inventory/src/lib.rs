@@ -49,6 +49,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112470_placement_order.sql"),
         postgres: include_str!("../migrations/2026112470_placement_order.sql"),
     },
+    Migration {
+        version: 2026112480,
+        name: "drop_sku_status_index",
+        sqlite: include_str!("../migrations/2026112480_drop_sku_status_index.sql"),
+        postgres: include_str!("../migrations/2026112480_drop_sku_status_index.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.
