@@ -472,12 +472,23 @@ pub(crate) struct Journal {
     /// GPUs freed by the changes; their nodes are credited last (see
     /// [`slots::FreedSlots`]).
     pub(crate) freed: slots::FreedSlots,
+    /// Node tasks the changes queue, when they are written together (see
+    /// [`Journal::gathering_tasks`]); `None` queues each at once.
+    pub(crate) tasks: Option<gpuaas_inventory::tasks::QueuedTasks>,
 }
 
 /// Transition rows per INSERT (8 parameters each).
 const TRANSITIONS_PER_INSERT: usize = 100;
 
 impl Journal {
+    /// A journal that also gathers the node tasks its changes queue, for the caller to
+    /// write in one statement (`NodePlane::enqueue_queued_in`) before flushing. A task
+    /// for a node that no longer takes tasks then fails the whole transaction, so only
+    /// callers that can take their changes again one by one gather them.
+    pub(crate) fn gathering_tasks() -> Self {
+        Self { tasks: Some(Default::default()), ..Self::default() }
+    }
+
     /// The first transition of a new allocation (`→ requested`) and its
     /// `gpuaas.provisioning.requested` event.
     pub(crate) fn record_created(&self, record: &Record, actor: &Actor, at: Timestamp) -> Result<(), AllocationError> {
@@ -777,7 +788,7 @@ impl Allocations {
                 apply(connection, &mut record, Some(&change), schedule(None, false), None).await?;
                 slots::release(connection, allocation_id).await?;
                 let woken = if record.provision_task_id.is_some() {
-                    crate::workflow::queue_cleanup(self, connection, &record, actor).await?
+                    crate::workflow::queue_cleanup(self, connection, &record, actor, None).await?
                 } else {
                     None
                 };

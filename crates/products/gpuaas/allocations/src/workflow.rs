@@ -211,10 +211,13 @@ impl Allocations {
         timing: &Timing,
     ) -> Result<(), AllocationError> {
         let mut tx = self.store().begin().await?;
-        let journal = Journal::default();
+        let journal = Journal::gathering_tasks();
         let mut wake = Vec::new();
         for (record, task) in group {
             wake.extend(self.step(&mut tx, record.clone(), task.clone(), lease, timing, &journal).await?);
+        }
+        if let Some(tasks) = &journal.tasks {
+            self.nodes().enqueue_queued_in(&mut tx, tasks).await?;
         }
         journal.flush(&mut tx).await?;
         tx.commit().await?;
@@ -274,7 +277,7 @@ impl Allocations {
         let deadline = Some(step.now.saturating_add(step.timing.provision_timeout));
         let sets = set_task(TaskColumn::Provision, &task_id, 1, deadline, step.now.saturating_add(step.timing.poll));
         apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
-        match self.queue_provision_task(tx, record, step.actor, &task_id).await {
+        match self.queue_provision_task(tx, record, step.actor, &task_id, Some(step.journal)).await {
             Ok(()) => Ok(Some(record.view.node_id.clone())),
             // The node went away between placement and now: nothing was provisioned.
             Err(AllocationError::Inventory(error)) => {
@@ -294,6 +297,7 @@ impl Allocations {
         record: &Record,
         actor: &Actor,
         task_id: &str,
+        journal: Option<&Journal>,
     ) -> Result<(), AllocationError> {
         let task = Task::ProvisionUser(ProvisionUserParams {
             allocation_id: record.view.id.clone(),
@@ -303,7 +307,24 @@ impl Allocations {
             cpu_millicores: u32::try_from(record.cpu_millicores).unwrap_or(u32::MAX),
             memory_bytes: u64::try_from(record.memory_bytes).unwrap_or(0),
         });
-        Ok(self.nodes().enqueue_task_with_id_in(tx, actor, &record.view.node_id, &task, task_id).await?)
+        self.queue_task(tx, record, actor, &task, task_id, journal).await
+    }
+
+    /// Queues `task` for the record's node under `task_id`: with the transaction's
+    /// other tasks when `journal` gathers them, else at once.
+    async fn queue_task(
+        &self,
+        tx: &mut Connection,
+        record: &Record,
+        actor: &Actor,
+        task: &Task,
+        task_id: &str,
+        journal: Option<&Journal>,
+    ) -> Result<(), AllocationError> {
+        match journal.and_then(|journal| journal.tasks.as_ref()) {
+            Some(tasks) => Ok(tasks.push(actor, &record.view.node_id, task, task_id)?),
+            None => Ok(self.nodes().enqueue_task_with_id_in(tx, actor, &record.view.node_id, task, task_id).await?),
+        }
     }
 
     async fn check_provisioning(
@@ -326,7 +347,7 @@ impl Allocations {
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due);
             apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
-            self.queue_provision_task(tx, record, actor, &task_id).await?;
+            self.queue_provision_task(tx, record, actor, &task_id, Some(step.journal)).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
         let task = task.ok_or_else(|| AllocationError::Corrupt(format!("task {task_id} is missing")))?;
@@ -387,9 +408,9 @@ impl Allocations {
         let mut sets = schedule(None, false);
         sets.extend(extra);
         apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
-        slots::release_into(tx, &record.view.id, &step.journal.freed).await?;
+        slots::release_into(&record.view.id, &step.journal.freed);
         if cleanup {
-            queue_cleanup(self, tx, record, step.actor).await?;
+            queue_cleanup(self, tx, record, step.actor, Some(step.journal)).await?;
         }
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation failed");
         Ok(())
@@ -445,7 +466,7 @@ impl Allocations {
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
             apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
-            self.queue_revoke_task(tx, record, actor, &task_id).await?;
+            self.queue_revoke_task(tx, record, actor, &task_id, Some(step.journal)).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
         let task = task.ok_or_else(|| AllocationError::Corrupt(format!("task {task_id} is missing")))?;
@@ -460,7 +481,7 @@ impl Allocations {
                 apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal)
                     .await?;
                 self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
-                slots::release_into(tx, &record.view.id, &step.journal.freed).await?;
+                slots::release_into(&record.view.id, &step.journal.freed);
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
@@ -514,6 +535,7 @@ impl Allocations {
         record: &Record,
         actor: &Actor,
         task_id: &str,
+        journal: Option<&Journal>,
     ) -> Result<(), AllocationError> {
         let task = Task::RevokeUser(RevokeUserParams {
             allocation_id: record.view.id.clone(),
@@ -521,7 +543,7 @@ impl Allocations {
             // The allocation is over: its home directory goes with the user.
             remove_home: true,
         });
-        Ok(self.nodes().enqueue_task_with_id_in(tx, actor, &record.view.node_id, &task, task_id).await?)
+        self.queue_task(tx, record, actor, &task, task_id, journal).await
     }
 
     /// Makes an allocation due now, e.g. on a lifecycle event; harmless when it has
@@ -548,8 +570,9 @@ pub(crate) async fn queue_cleanup(
     tx: &mut Connection,
     record: &Record,
     actor: &Actor,
+    journal: Option<&Journal>,
 ) -> Result<Option<String>, AllocationError> {
-    match allocations.queue_revoke_task(tx, record, actor, &new_id().to_string()).await {
+    match allocations.queue_revoke_task(tx, record, actor, &new_id().to_string(), journal).await {
         Ok(()) => Ok(Some(record.view.node_id.clone())),
         Err(AllocationError::Inventory(error)) => {
             tracing::warn!(allocation_id = %record.view.id, %error, "cleanup task not queued");

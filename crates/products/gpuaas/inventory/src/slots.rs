@@ -322,66 +322,76 @@ async fn claim_on(
     }
     // Lost a race for part of this node: give back what we took (its count was not
     // taken yet).
-    unclaim(connection, allocation_id).await?;
+    unclaim(connection, &[allocation_id.to_owned()]).await?;
     Ok(None)
 }
 
 /// Frees every slot `allocation_id` holds; returns how many.
 pub async fn release(connection: &mut Connection, allocation_id: &str) -> Result<u64, InventoryError> {
     let freed = FreedSlots::default();
-    let count = release_into(connection, allocation_id, &freed).await?;
-    freed.credit(connection).await?;
-    Ok(count)
+    release_into(allocation_id, &freed);
+    freed.credit(connection).await
 }
 
-/// [`release`] without the nodes' free counts, which are added to `freed` for
-/// [`FreedSlots::credit`] to write later in the same transaction.
-pub async fn release_into(
-    connection: &mut Connection,
-    allocation_id: &str,
-    freed: &FreedSlots,
-) -> Result<u64, InventoryError> {
-    let nodes = unclaim(connection, allocation_id).await?;
-    let mut per_node = freed.per_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for node in &nodes {
-        *per_node.entry(node.clone()).or_default() += 1;
-    }
-    Ok(nodes.len() as u64)
+/// [`release`] later: the slots of `allocation_id` are cleared and counted on their
+/// nodes when `freed` is credited, as the transaction's last writes.
+pub fn release_into(allocation_id: &str, freed: &FreedSlots) {
+    freed.allocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(allocation_id.to_owned());
 }
 
-/// Slots cleared in a transaction and not yet counted on their nodes. A placement
-/// locks its node for its whole transaction, so a caller that frees slots of many
-/// allocations in one transaction credits the nodes as its last writes, in node
-/// order: node rows are then held from there to the commit, not for the whole
-/// transaction. Only touched between awaits, hence a plain mutex.
+/// Allocations whose slots a transaction frees, not yet cleared. A placement locks its
+/// node for its whole transaction, so a caller that frees slots of many allocations in
+/// one transaction clears them with one UPDATE and credits the nodes as its last
+/// writes, in node order: node rows are then held from there to the commit, not for the
+/// whole transaction. Only touched between awaits, hence a plain mutex.
 #[derive(Debug, Default)]
 pub struct FreedSlots {
-    per_node: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+    allocations: std::sync::Mutex<Vec<String>>,
 }
 
 impl FreedSlots {
-    /// Adds what was freed to each node's free count and forgets it.
-    pub async fn credit(&self, connection: &mut Connection) -> Result<(), InventoryError> {
-        let per_node = std::mem::take(&mut *self.per_node.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for (node, freed) in per_node {
+    /// Clears the slots of every allocation added, adds them to their nodes' free
+    /// counts, forgets them, and returns how many slots were freed.
+    pub async fn credit(&self, connection: &mut Connection) -> Result<u64, InventoryError> {
+        let allocations =
+            std::mem::take(&mut *self.allocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut freed = 0;
+        let mut per_node: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for chunk in allocations.chunks(UNCLAIMS_PER_UPDATE) {
+            for node in unclaim(connection, chunk).await? {
+                *per_node.entry(node).or_default() += 1;
+                freed += 1;
+            }
+        }
+        for (node, count) in per_node {
             sqlx::query("UPDATE nodes SET free_gpus = free_gpus + $2 WHERE id = $1")
                 .bind(node)
-                .bind(freed)
+                .bind(count)
                 .execute(&mut *connection)
                 .await?;
         }
-        Ok(())
+        Ok(freed)
     }
 }
 
-/// Clears the slots `allocation_id` holds without touching the nodes' free counts;
+/// Allocations whose slots one UPDATE clears.
+const UNCLAIMS_PER_UPDATE: usize = 500;
+
+/// Clears the slots the allocations hold without touching the nodes' free counts;
 /// returns the node of each slot cleared.
-async fn unclaim(connection: &mut Connection, allocation_id: &str) -> Result<Vec<String>, InventoryError> {
-    Ok(sqlx::query_scalar(
-        "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id = $1 \
+async fn unclaim(connection: &mut Connection, allocation_ids: &[String]) -> Result<Vec<String>, InventoryError> {
+    if allocation_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
+    let sql = format!(
+        "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id IN ({}) \
          RETURNING node_id",
-    )
-    .bind(allocation_id)
-    .fetch_all(&mut *connection)
-    .await?)
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    for id in allocation_ids {
+        query = query.bind(id.clone());
+    }
+    Ok(query.fetch_all(&mut *connection).await?)
 }

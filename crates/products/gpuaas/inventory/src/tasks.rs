@@ -22,6 +22,42 @@ use utoipa::ToSchema;
 use crate::nodes::{NodeLock, NodeStatus};
 use crate::{Actor, InventoryError, NodePlane};
 
+/// A node task waiting in [`QueuedTasks`].
+#[derive(Debug, Clone)]
+struct NewTask {
+    id: String,
+    node_id: String,
+    task: Task,
+    correlation_id: String,
+    created_by: String,
+}
+
+/// Tasks a transaction queues, written together by [`NodePlane::enqueue_queued_in`]
+/// before it commits. Only touched between awaits, hence a plain mutex.
+#[derive(Debug, Default)]
+pub struct QueuedTasks {
+    pending: Mutex<Vec<NewTask>>,
+}
+
+impl QueuedTasks {
+    /// Adds `task` for `node_id` under the id the caller chose; it is checked now and
+    /// written later.
+    pub fn push(&self, actor: &Actor, node_id: &str, task: &Task, id: &str) -> Result<(), InventoryError> {
+        task.validate().map_err(|message| InventoryError::invalid("params", message))?;
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(NewTask {
+            id: id.to_owned(),
+            node_id: node_id.to_owned(),
+            task: task.clone(),
+            correlation_id: actor.correlation_id.clone(),
+            created_by: actor.id.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// Tasks per INSERT (7 parameters each).
+const TASKS_PER_INSERT: usize = 200;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -301,6 +337,68 @@ impl NodePlane {
             }
         }
         Err(InventoryError::Conflict("the node changed while the task was queued; try again".into()))
+    }
+
+    /// Writes every task of `queued` in one statement on `connection` (the caller's
+    /// transaction), each only if its node takes tasks (read under the enqueue lock,
+    /// as [`Self::enqueue_task_with_id_in`] does). When any node does not, nothing is
+    /// written and the answer is a conflict: the caller takes its work again one task
+    /// at a time, where the refusal says which node and why.
+    pub async fn enqueue_queued_in(
+        &self,
+        connection: &mut gpuaas_store::Connection,
+        queued: &QueuedTasks,
+    ) -> Result<(), InventoryError> {
+        let tasks = std::mem::take(&mut *queued.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
+        let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
+        let now = Timestamp::now();
+        let mut created_at = now.as_micros();
+        let lock = match self.store().dialect() {
+            gpuaas_store::Dialect::Postgres => " FOR KEY SHARE OF nodes",
+            gpuaas_store::Dialect::Sqlite => "",
+        };
+        for chunk in tasks.chunks(TASKS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|row| {
+                    let columns: Vec<String> = (0..7).map(|column| format!("${}", 3 + row * 7 + column)).collect();
+                    format!("({})", columns.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "WITH batch (id, node_id, task_type, params, correlation_id, created_by, created_at) AS (VALUES {}) \
+                 INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
+                 correlation_id, created_by, created_at) \
+                 SELECT batch.id, nodes.id, batch.task_type, batch.params, 'queued', 0, $1, $2, batch.correlation_id, \
+                 batch.created_by, batch.created_at FROM batch JOIN nodes ON nodes.id = batch.node_id \
+                 WHERE nodes.status NOT IN ('{}', '{}'){lock}",
+                rows.join(", "),
+                NodeStatus::Retired.as_str(),
+                NodeStatus::PendingEnrollment.as_str(),
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(max_attempts.max(1))
+                .bind(now.saturating_add(ttl).as_micros());
+            for task in chunk {
+                // A microsecond apart, in the order queued: pulls hand tasks out oldest first.
+                created_at += 1;
+                query = query
+                    .bind(task.id.clone())
+                    .bind(task.node_id.clone())
+                    .bind(task.task.task_type().as_str())
+                    .bind(task.task.params().to_string())
+                    .bind(task.correlation_id.clone())
+                    .bind(task.created_by.clone())
+                    .bind(created_at);
+            }
+            if query.execute(&mut *connection).await?.rows_affected() != chunk.len() as u64 {
+                return Err(InventoryError::Conflict("a node of these tasks does not take tasks now".into()));
+            }
+        }
+        Ok(())
     }
 
     /// Wakes this process's parked pull of `node_id`, if any.

@@ -395,6 +395,37 @@ async fn probe_waits_for_the_agent(backend: Backend) {
     assert_err!(env.plane.probe(&operator(), "no-such-node").await, InventoryError::NotFound("node"));
 }
 
+async fn gathered_tasks_are_written_together_or_not_at_all(backend: Backend) {
+    let env = env(backend).await;
+    sku(&env, "h100-x8", 8).await;
+    let first = enrolled(&env, "gpu-01", "h100-x8").await;
+    let second = enrolled(&env, "gpu-02", "h100-x8").await;
+    let admin = operator();
+    let gathered = tasks::QueuedTasks::default();
+    // Checked when gathered, like a task queued at once.
+    assert_invalid!(gathered.push(&admin, &first.id, &provision("root"), "t-0"), "params");
+    gathered.push(&admin, &first.id, &provision("ga_one"), "t-1").unwrap();
+    gathered.push(&admin, &second.id, &Task::NodeInventory, "t-2").unwrap();
+    gathered.push(&admin, &first.id, &Task::NodeInventory, "t-3").unwrap();
+    let mut tx = env.store.begin().await.unwrap();
+    env.plane.enqueue_queued_in(&mut tx, &gathered).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((queued_count(&env, &first.id).await, queued_count(&env, &second.id).await), (2, 1));
+    let delivered = env.plane.pull_tasks(&first.id, Duration::ZERO).await.unwrap();
+    let mut delivered: Vec<&str> = delivered.iter().map(|task| task.task_id.as_str()).collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, ["t-1", "t-3"]);
+
+    // One node no longer takes tasks: nothing of the batch is written.
+    env.plane.retire(&admin, &second.id).await.unwrap();
+    gathered.push(&admin, &first.id, &Task::NodeInventory, "t-4").unwrap();
+    gathered.push(&admin, &second.id, &Task::NodeInventory, "t-5").unwrap();
+    let mut tx = env.store.begin().await.unwrap();
+    assert_err!(env.plane.enqueue_queued_in(&mut tx, &gathered).await, InventoryError::Conflict(_));
+    drop(tx);
+    assert_eq!(queued_count(&env, &first.id).await, 2, "t-4 was not written");
+}
+
 both_backends!(
     only_valid_tasks_for_enrolled_nodes_are_queued,
     deliveries_are_signed_for_their_node_alone,
@@ -406,4 +437,5 @@ both_backends!(
     expired_leases_redeliver_until_attempts_run_out,
     unpulled_tasks_expire,
     probe_waits_for_the_agent,
+    gathered_tasks_are_written_together_or_not_at_all,
 );
