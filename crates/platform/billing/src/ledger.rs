@@ -594,9 +594,8 @@ pub async fn balances_in(
     if balances.is_empty() {
         return Ok(balances);
     }
-    let placeholders: Vec<String> = (1..=balances.len()).map(|index| format!("${index}")).collect();
-    let sql =
-        format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id IN ({})", placeholders.join(", "));
+    let placeholders = gpuaas_store::placeholders(1, balances.len());
+    let sql = format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id IN ({})", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for tenant_id in balances.keys() {
         query = query.bind(tenant_id.clone());

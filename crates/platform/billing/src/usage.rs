@@ -105,10 +105,10 @@ pub async fn usage_for_allocations(
     if allocation_ids.is_empty() {
         return Ok(latest);
     }
-    let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
+    let placeholders = gpuaas_store::placeholders(1, allocation_ids.len());
     let sql = format!(
         "SELECT {COLUMNS} FROM usage_records WHERE allocation_id IN ({}) ORDER BY started_at, id",
-        placeholders.join(", ")
+        placeholders
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in allocation_ids {

@@ -32,6 +32,16 @@ impl<R: Send + 'static, T: Send + 'static> GroupCommit<R, T> {
         }
     }
 
+    /// Batches of writes on `dialect`'s store: two at a time on PostgreSQL (one waits on
+    /// the database while the other runs), one on SQLite, which has one writer.
+    pub fn for_writes(dialect: crate::Dialect, max_batch: usize) -> Self {
+        let turns = match dialect {
+            crate::Dialect::Postgres => 2,
+            crate::Dialect::Sqlite => 1,
+        };
+        Self::new(turns, max_batch)
+    }
+
     /// Queues `request` and returns its answer once a batch holding it has run. `run`
     /// takes a batch (oldest first) and answers each request, in the same order.
     /// `None` only when the batch's task ended without answering (it panicked).

@@ -194,6 +194,12 @@ pub struct Store {
 
 static INSTALL_DRIVERS: Once = Once::new();
 
+/// `count` numbered placeholders from `$first` on, comma-separated (`$3, $4, $5`), for
+/// `IN (…)` lists and multi-row `VALUES`; both engines number them the same way.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
+}
+
 impl Store {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let dialect = Dialect::from_url(url)?;

@@ -42,14 +42,8 @@ pub(crate) struct CreateRequest {
 /// The queue creates wait in for their batch.
 pub(crate) type CreateQueue = GroupCommit<CreateRequest, Result<Allocation, AllocationError>>;
 
-/// Two batches at a time on PostgreSQL (one waits on the database while the other
-/// runs); one on SQLite, which has one writer.
 pub(crate) fn queue(dialect: Dialect) -> CreateQueue {
-    let turns = match dialect {
-        Dialect::Postgres => 2,
-        Dialect::Sqlite => 1,
-    };
-    GroupCommit::new(turns, MAX_BATCH)
+    GroupCommit::for_writes(dialect, MAX_BATCH)
 }
 
 /// What one request of a batch came to.
@@ -349,11 +343,11 @@ struct LiveCounts {
 
 impl LiveCounts {
     async fn read(connection: &mut Connection, tenants: &[&str]) -> Result<Self, AllocationError> {
-        let placeholders: Vec<String> = (1..=tenants.len()).map(|index| format!("${index}")).collect();
+        let placeholders = gpuaas_store::placeholders(1, tenants.len());
         let sql = format!(
             "SELECT tenant_id, project_id, user_id, COUNT(*) AS live FROM allocations \
              WHERE tenant_id IN ({}) AND status IN ({}) GROUP BY tenant_id, project_id, user_id",
-            placeholders.join(", "),
+            placeholders,
             live_list()
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

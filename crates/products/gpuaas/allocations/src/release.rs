@@ -28,13 +28,8 @@ pub(crate) struct ReleaseRequest {
 /// The queue releases wait in for their batch.
 pub(crate) type ReleaseQueue = GroupCommit<ReleaseRequest, Result<Allocation, AllocationError>>;
 
-/// Like creates: two batches at a time on PostgreSQL, one on SQLite.
 pub(crate) fn queue(dialect: Dialect) -> ReleaseQueue {
-    let turns = match dialect {
-        Dialect::Postgres => 2,
-        Dialect::Sqlite => 1,
-    };
-    GroupCommit::new(turns, MAX_BATCH)
+    GroupCommit::for_writes(dialect, MAX_BATCH)
 }
 
 impl Allocations {
@@ -175,8 +170,8 @@ async fn lock_many(
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    let placeholders: Vec<String> = (1..=ids.len()).map(|index| format!("${index}")).collect();
-    let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id IN ({}) ORDER BY id{lock}", placeholders.join(", "));
+    let placeholders = gpuaas_store::placeholders(1, ids.len());
+    let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id IN ({}) ORDER BY id{lock}", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {
         query = query.bind(*id);

@@ -333,9 +333,9 @@ pub(crate) async fn apply_many(
     let (assignments, values) = assignments(Some((to, first)), sets, now, 1);
     let mut next = values.len();
     let mut placeholders = |count: usize| {
-        let list: Vec<String> = (next + 1..=next + count).map(|index| format!("${index}")).collect();
+        let list = gpuaas_store::placeholders(next + 1, count);
         next += count;
-        list.join(", ")
+        list
     };
     let ids = placeholders(changes.len());
     let statuses = placeholders(from.len());
@@ -648,11 +648,11 @@ impl Allocations {
         if allocation_ids.is_empty() {
             return Ok(found);
         }
-        let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
+        let placeholders = gpuaas_store::placeholders(1, allocation_ids.len());
         let sql = format!(
             "SELECT allocation_id, from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \
              WHERE allocation_id IN ({}) ORDER BY at, id",
-            placeholders.join(", ")
+            placeholders
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in allocation_ids {

@@ -275,7 +275,7 @@ pub(crate) async fn keys_by_id(
     if ids.is_empty() {
         return Ok(std::collections::HashMap::new());
     }
-    let placeholders = (1..=ids.len()).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ");
+    let placeholders = gpuaas_store::placeholders(1, ids.len());
     let sql = format!("SELECT {KEY_COLUMNS} FROM ssh_keys WHERE id IN ({placeholders})");
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in ids {

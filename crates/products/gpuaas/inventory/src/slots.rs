@@ -164,11 +164,11 @@ pub async fn reserve_many(
     }
     // The nodes are locked, so their free slots stay free until this commits; the claim
     // below is still conditioned on each slot being free, and checked.
-    let placeholders: Vec<String> = (1..=nodes.len()).map(|index| format!("${index}")).collect();
+    let placeholders = gpuaas_store::placeholders(1, nodes.len());
     let sql = format!(
         "SELECT node_id, gpu_index FROM node_resource_slots WHERE allocation_id IS NULL AND node_id IN ({}) \
          ORDER BY node_id, gpu_index",
-        placeholders.join(", ")
+        placeholders
     );
     let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for (id, _) in &nodes {
@@ -383,11 +383,11 @@ async fn unclaim(connection: &mut Connection, allocation_ids: &[String]) -> Resu
     if allocation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (1..=allocation_ids.len()).map(|index| format!("${index}")).collect();
+    let placeholders = gpuaas_store::placeholders(1, allocation_ids.len());
     let sql = format!(
         "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id IN ({}) \
          RETURNING node_id",
-        placeholders.join(", ")
+        placeholders
     );
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     for id in allocation_ids {

@@ -210,8 +210,8 @@ pub async fn states(store: &Store, task_ids: &[&str]) -> Result<HashMap<String, 
     let mut states = HashMap::with_capacity(task_ids.len());
     // Bounded IN lists: well under either engine's limit on parameters.
     for chunk in task_ids.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|index| format!("${index}")).collect();
-        let sql = format!("SELECT id, status, error FROM node_tasks WHERE id IN ({})", placeholders.join(", "));
+        let placeholders = gpuaas_store::placeholders(1, chunk.len());
+        let sql = format!("SELECT id, status, error FROM node_tasks WHERE id IN ({})", placeholders);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(*id);
