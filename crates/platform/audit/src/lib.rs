@@ -221,16 +221,10 @@ async fn insert(connection: &mut Connection, logs: &[AuditLog]) -> Result<(), Au
     if logs.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..logs.len())
-        .map(|index| {
-            let placeholders: Vec<String> = (1..=11).map(|column| format!("${}", index * 11 + column)).collect();
-            format!("({})", placeholders.join(", "))
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO audit_logs (id, at, actor_id, actor_type, actor_role, action, target, tenant_id, result, \
          correlation_id, details) VALUES {}",
-        rows.join(", ")
+        gpuaas_store::value_rows(1, logs.len(), 11)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for log in logs {

@@ -562,23 +562,17 @@ fn balance_from_row(row: &gpuaas_store::Row) -> Result<Balance, BillingError> {
 /// The tenant's balance as the caller's transaction sees it, e.g. after posting in it.
 /// One statement: the latest checkpoint plus the entries after it.
 pub async fn balance_in(connection: &mut Connection, tenant_id: &str) -> Result<Balance, BillingError> {
-    validate_text("tenant_id", tenant_id, MAX_TEXT_LEN)?;
-    let sql = format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant_id)
-        // Unlike the reads above, a prepared statement: balance reads are the hot path,
-        // planning costs more than running this query, and its plan (probes of unique
-        // indexes) does not depend on table size; PostgreSQL replans it after ANALYZE anyway.
-        .fetch_optional(&mut *connection)
-        .await?;
-    match row {
-        Some(row) => balance_from_row(&row),
-        None => Ok(Balance { tenant_id: tenant_id.to_owned(), amount_minor: 0, currency: None }),
-    }
+    let mut balances = balances_in(connection, &[tenant_id]).await?;
+    balances
+        .remove(tenant_id)
+        .ok_or_else(|| BillingError::Corrupt(format!("no balance was read for tenant {tenant_id}")))
 }
 
 /// [`balance_in`] for several tenants in one statement (a batch of requests); a
-/// tenant without an account has a zero balance.
+/// tenant without an account has a zero balance. A prepared statement per batch size:
+/// balance reads are the hot path, planning costs more than running this query, and
+/// its plan (probes of unique indexes) does not depend on table size; PostgreSQL
+/// replans it after ANALYZE anyway.
 pub async fn balances_in(
     connection: &mut Connection,
     tenant_ids: &[&str],

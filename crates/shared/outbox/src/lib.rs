@@ -43,7 +43,7 @@ pub async fn enqueue(connection: &mut Connection, event: &EventEnvelope) -> Resu
     enqueue_many(connection, std::slice::from_ref(event)).await
 }
 
-/// Most events one INSERT carries (5 parameters each, well within both engines'
+/// Most events one INSERT carries (6 parameters each, well within both engines'
 /// limits).
 const EVENTS_PER_INSERT: usize = 200;
 
@@ -57,16 +57,10 @@ pub async fn enqueue_many(connection: &mut Connection, events: &[EventEnvelope])
         envelopes.push(event.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?);
     }
     for (events, envelopes) in events.chunks(EVENTS_PER_INSERT).zip(envelopes.chunks(EVENTS_PER_INSERT)) {
-        let rows: Vec<String> = (0..events.len())
-            .map(|index| {
-                let base = index * 5;
-                format!("(${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 5)
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) \
              VALUES {}",
-            rows.join(", ")
+            gpuaas_store::value_rows(1, events.len(), 6)
         );
         let mut query = gpuaas_store::sqlx::query(gpuaas_store::sqlx::AssertSqlSafe(sql));
         for (event, envelope) in events.iter().zip(envelopes) {
@@ -75,6 +69,8 @@ pub async fn enqueue_many(connection: &mut Connection, events: &[EventEnvelope])
                 .bind(event.subject.clone())
                 .bind(envelope.clone())
                 .bind(event.correlation_id.clone())
+                // Due for delivery as soon as it occurred.
+                .bind(event.occurred_at.as_micros())
                 .bind(event.occurred_at.as_micros());
         }
         query.execute(&mut *connection).await?;

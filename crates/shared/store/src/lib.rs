@@ -200,6 +200,12 @@ pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `rows` groups of `columns` numbered placeholders from `$first` on, for a multi-row
+/// `VALUES` list: `value_rows(1, 2, 2)` is `($1, $2), ($3, $4)`.
+pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    (0..rows).map(|row| format!("({})", placeholders(first + row * columns, columns))).collect::<Vec<_>>().join(", ")
+}
+
 impl Store {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let dialect = Dialect::from_url(url)?;
@@ -273,5 +279,18 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists_and_rows_are_numbered_from_where_they_start() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 0), "");
+        assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_rows(4, 2, 3), "($4, $5, $6), ($7, $8, $9)");
     }
 }

@@ -20,11 +20,11 @@ use crate::service::{
     username_for, validate_text,
 };
 use crate::ssh_keys::{SshKey, keys_by_id, owned_keys};
-use crate::{Actor, Allocation, AllocationError, Allocations, NewAllocation};
+use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations, NewAllocation};
 
 /// Most creates in one transaction.
 const MAX_BATCH: usize = 64;
-/// Allocation rows per INSERT (19 parameters each).
+/// Allocation rows per INSERT (22 parameters each).
 const ROWS_PER_INSERT: usize = 64;
 
 /// A create waiting for its batch.
@@ -416,22 +416,12 @@ async fn insert_allocations(
 ) -> Result<HashMap<String, Record>, AllocationError> {
     let mut records = HashMap::with_capacity(placed.len());
     for chunk in placed.chunks(ROWS_PER_INSERT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|row| {
-                let p = |column: usize| format!("${}", row * 19 + column);
-                let mut values: Vec<String> = (1..=7).map(p).collect();
-                values.push("'requested'".into());
-                values.extend((8..=19).map(p));
-                values.extend([p(19), p(19)]);
-                format!("({})", values.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
              gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
              price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at) \
              VALUES {} RETURNING {COLUMNS}",
-            rows.join(", ")
+            gpuaas_store::value_rows(1, chunk.len(), 22)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for pass in chunk {
@@ -451,6 +441,7 @@ async fn insert_allocations(
                 .bind(request.name.clone())
                 .bind(sku.id.clone())
                 .bind(request.gpu_count)
+                .bind(AllocationStatus::Requested.as_str())
                 .bind(reservation.node_id.clone())
                 .bind(to_json(&reservation.gpu_indices)?)
                 .bind(reservation.hostname.clone())
@@ -462,6 +453,9 @@ async fn insert_allocations(
                 .bind(sku.price_per_gpu_hour_minor)
                 .bind(sku.currency.clone())
                 .bind(request.actor.correlation_id.clone())
+                // Due for its first workflow step at once; created and updated now.
+                .bind(now.as_micros())
+                .bind(now.as_micros())
                 .bind(now.as_micros());
         }
         for row in query.fetch_all(&mut *connection).await? {

@@ -530,16 +530,10 @@ impl Journal {
             std::mem::take(&mut *pending)
         };
         for chunk in transitions.chunks(TRANSITIONS_PER_INSERT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|index| {
-                    let placeholders: Vec<String> = (1..=8).map(|column| format!("${}", index * 8 + column)).collect();
-                    format!("({})", placeholders.join(", "))
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, \
                  correlation_id, at) VALUES {}",
-                rows.join(", ")
+                gpuaas_store::value_rows(1, chunk.len(), 8)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for row in chunk {

@@ -194,15 +194,12 @@ pub async fn reserve_many(
     }
     let now = Timestamp::now().as_micros();
     for chunk in claims.chunks(CLAIMS_PER_UPDATE) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|index| format!("(${}, ${}, ${})", index * 3 + 2, index * 3 + 3, index * 3 + 4))
-            .collect();
         let sql = format!(
             "WITH claims (node_id, gpu_index, allocation_id) AS (VALUES {}) \
              UPDATE node_resource_slots SET allocation_id = claims.allocation_id, reserved_at = $1 FROM claims \
              WHERE node_resource_slots.node_id = claims.node_id AND node_resource_slots.gpu_index = claims.gpu_index \
              AND node_resource_slots.allocation_id IS NULL",
-            rows.join(", ")
+            gpuaas_store::value_rows(2, chunk.len(), 3)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
         for (node, index, allocation) in chunk {
@@ -217,11 +214,10 @@ pub async fn reserve_many(
     for (node, _, _) in &claims {
         *taken.entry(node).or_default() += 1;
     }
-    let rows: Vec<String> = (0..taken.len()).map(|index| format!("(${}, ${})", index * 2 + 1, index * 2 + 2)).collect();
     let sql = format!(
         "WITH taken (id, gpus) AS (VALUES {}) UPDATE nodes SET free_gpus = nodes.free_gpus - taken.gpus FROM taken \
          WHERE nodes.id = taken.id",
-        rows.join(", ")
+        gpuaas_store::value_rows(1, taken.len(), 2)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (node, gpus) in &taken {

@@ -362,12 +362,6 @@ impl NodePlane {
             gpuaas_store::Dialect::Sqlite => "",
         };
         for chunk in tasks.chunks(TASKS_PER_INSERT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|row| {
-                    let columns: Vec<String> = (0..7).map(|column| format!("${}", 3 + row * 7 + column)).collect();
-                    format!("({})", columns.join(", "))
-                })
-                .collect();
             let sql = format!(
                 "WITH batch (id, node_id, task_type, params, correlation_id, created_by, created_at) AS (VALUES {}) \
                  INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
@@ -375,7 +369,7 @@ impl NodePlane {
                  SELECT batch.id, nodes.id, batch.task_type, batch.params, 'queued', 0, $1, $2, batch.correlation_id, \
                  batch.created_by, batch.created_at FROM batch JOIN nodes ON nodes.id = batch.node_id \
                  WHERE nodes.status NOT IN ('{}', '{}'){lock}",
-                rows.join(", "),
+                gpuaas_store::value_rows(3, chunk.len(), 7),
                 NodeStatus::Retired.as_str(),
                 NodeStatus::PendingEnrollment.as_str(),
             );
