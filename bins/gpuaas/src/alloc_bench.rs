@@ -50,7 +50,6 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         (keys::ALLOCATIONS_MAX_CONCURRENT_PER_USER, 1_000_000),
         (keys::ALLOCATIONS_MAX_CONCURRENT_PER_PROJECT, 1_000_000),
         (keys::ALLOCATIONS_MAX_CONCURRENT_PER_TENANT, 1_000_000),
-        (keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS, 50),
         (keys::BILLING_WINDOW_SECONDS, 60),
     ] {
         policy.set(key, &value).await?;

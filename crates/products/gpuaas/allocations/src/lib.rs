@@ -20,10 +20,11 @@ pub mod ssh_keys;
 mod status;
 pub mod workflow;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gpuaas_inventory::NodePlane;
 use gpuaas_kernel::{ResourceIdFormat, ResourceType};
+use gpuaas_nodeagent_protocol::TaskType;
 use gpuaas_policy::PolicyClient;
 use gpuaas_store::{Migration, Store};
 use tokio::sync::Notify;
@@ -46,7 +47,32 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112481_drop_unused_indexes.sql"),
         postgres: include_str!("../migrations/2026112481_drop_unused_indexes.sql"),
     },
+    Migration {
+        version: 2026120200,
+        name: "drop_workflow_lease",
+        sqlite: include_str!("../migrations/2026120200_drop_workflow_lease.sql"),
+        postgres: include_str!("../migrations/2026120200_drop_workflow_lease.sql"),
+    },
 ];
+
+/// What wakes this process's workflow runner, shared with the node plane's listener.
+#[derive(Default)]
+struct Signals {
+    wake: Notify,
+    /// Allocations whose current node task a node reported finished to this process.
+    finished: Mutex<Vec<String>>,
+}
+
+impl Signals {
+    fn task_finished(&self, allocation_id: &str) {
+        self.lock_finished().push(allocation_id.to_owned());
+        self.wake.notify_one();
+    }
+
+    fn lock_finished(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The allocations service. Cheap to clone.
 #[derive(Clone)]
@@ -60,7 +86,7 @@ struct Inner {
     nodes: NodePlane,
     resource_ids: ResourceIdFormat,
     /// Wakes this process's workflow runner when there is new work for it.
-    wake: Notify,
+    signals: Arc<Signals>,
     /// Creates waiting for a batch to share.
     creates: create::CreateQueue,
     /// Releases waiting for a batch to share.
@@ -70,8 +96,19 @@ struct Inner {
 impl Allocations {
     pub fn new(store: Store, policy: PolicyClient, nodes: NodePlane, resource_ids: ResourceIdFormat) -> Self {
         let (creates, releases) = (create::queue(store.dialect()), release::queue(store.dialect()));
-        let wake = Notify::new();
-        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, wake, creates, releases }) }
+        let signals = Arc::new(Signals::default());
+        // A node's report of a provisioning or release task moves its allocation on at
+        // once; without it (a report to another process) the row's next poll finds it.
+        let told = signals.clone();
+        nodes.on_task_finished(Arc::new(move |task: &gpuaas_inventory::NodeTask| {
+            let ours = [TaskType::ProvisionUser.as_str(), TaskType::RevokeUser.as_str()];
+            if ours.contains(&task.task_type.as_str())
+                && let Some(id) = task.params.get("allocation_id").and_then(serde_json::Value::as_str)
+            {
+                told.task_finished(id);
+            }
+        }));
+        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, signals, creates, releases }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -93,7 +130,15 @@ impl Allocations {
 
     /// Tells this process's workflow runner to look for due work now.
     pub fn wake_runner(&self) {
-        self.inner.wake.notify_one();
+        self.inner.signals.wake.notify_one();
+    }
+
+    /// Up to `limit` allocations whose node task was reported finished, oldest news
+    /// first; the rest stay for the next pass.
+    pub(crate) fn take_finished(&self, limit: usize) -> Vec<String> {
+        let mut finished = self.inner.signals.lock_finished();
+        let take = finished.len().min(limit);
+        finished.drain(..take).collect()
     }
 
     pub(crate) fn creates(&self) -> &create::CreateQueue {
@@ -105,6 +150,6 @@ impl Allocations {
     }
 
     pub(crate) fn wake_signal(&self) -> &Notify {
-        &self.inner.wake
+        &self.inner.signals.wake
     }
 }

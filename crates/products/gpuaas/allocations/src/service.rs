@@ -238,13 +238,9 @@ pub(crate) enum Value {
 /// Workflow columns to set in the same UPDATE as a status change.
 pub(crate) type Sets = Vec<(&'static str, Value)>;
 
-/// The columns that mark the workflow due at `due_at` (or idle) and free its claim;
-/// a new phase also resets its attempt count, deadline and release task.
+/// The columns that mark the workflow due at `due_at` (or idle); a new phase also resets its attempt count, deadline and release task.
 pub(crate) fn schedule(due_at: Option<Timestamp>, new_phase: bool) -> Sets {
-    let mut sets = vec![
-        ("workflow_due_at", Value::Int(due_at.map(Timestamp::as_micros))),
-        ("workflow_lease_until", Value::Int(None)),
-    ];
+    let mut sets = vec![("workflow_due_at", Value::Int(due_at.map(Timestamp::as_micros)))];
     if new_phase {
         sets.extend([
             ("workflow_attempts", Value::Int(Some(0))),
@@ -257,19 +253,16 @@ pub(crate) fn schedule(due_at: Option<Timestamp>, new_phase: bool) -> Sets {
 
 /// Moves `record` to `change.to` (when there is a change) and sets the workflow
 /// columns `sets`, in one UPDATE in the caller's transaction. Refuses an illegal
-/// transition and refuses (as a conflict) a row that changed since it was read: its
-/// status moved, or, with `fence`, the runner's claim (`workflow_lease_until`) is no
-/// longer the one it took (another runner, a release or a force-release since).
-/// Stamps the status's time column, records the transition and queues the event.
+/// transition and refuses (as a conflict) a row whose status moved since it was read
+/// (callers hold its lock, so this is a guard, not a race). Stamps the status's time column, records the transition and queues the event.
 pub(crate) async fn apply(
     connection: &mut Connection,
     record: &mut Record,
     change: Option<&Change<'_>>,
     sets: Sets,
-    fence: Option<i64>,
 ) -> Result<(), AllocationError> {
     let journal = Journal::default();
-    apply_journaled(connection, record, change, sets, fence, &journal).await?;
+    apply_journaled(connection, record, change, sets, &journal).await?;
     journal.flush(connection).await
 }
 
@@ -281,7 +274,6 @@ pub(crate) async fn apply_journaled(
     record: &mut Record,
     change: Option<&Change<'_>>,
     sets: Sets,
-    fence: Option<i64>,
     journal: &Journal,
 ) -> Result<(), AllocationError> {
     let from = record.view.status;
@@ -290,14 +282,13 @@ pub(crate) async fn apply_journaled(
         None => from,
     };
     let now = Timestamp::now();
-    // Placeholders: $1 id, $2 the status read, $3 the fence, then the columns set.
-    let (assignments, values) = assignments(change.map(|change| (to, change)), sets, now, 4);
+    // Placeholders: $1 id, $2 the status read, then the columns set.
+    let (assignments, values) = assignments(change.map(|change| (to, change)), sets, now, 3);
     if assignments.is_empty() {
         return Ok(());
     }
-    let fenced = if fence.is_some() { " AND workflow_lease_until = $3" } else { " AND $3 IS NULL" };
-    let sql = format!("UPDATE allocations SET {} WHERE id = $1 AND status = $2{fenced}", assignments.join(", "));
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&record.view.id).bind(from.as_str()).bind(fence);
+    let sql = format!("UPDATE allocations SET {} WHERE id = $1 AND status = $2", assignments.join(", "));
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&record.view.id).bind(from.as_str());
     if bind_values(query, values).execute(&mut *connection).await?.rows_affected() != 1 {
         return Err(AllocationError::Conflict("the allocation changed meanwhile; try again".into()));
     }
@@ -779,7 +770,7 @@ impl Allocations {
                     reason: Some(reason),
                     subject: Some(events::PROVISIONING_FAILED),
                 };
-                apply(connection, &mut record, Some(&change), schedule(None, false), None).await?;
+                apply(connection, &mut record, Some(&change), schedule(None, false)).await?;
                 slots::release(connection, allocation_id).await?;
                 let woken = if record.provision_task_id.is_some() {
                     crate::workflow::queue_cleanup(self, connection, &record, actor, None).await?
@@ -795,12 +786,12 @@ impl Allocations {
                     reason: Some(reason),
                     subject: Some(events::FORCE_RELEASE_REQUESTED),
                 };
-                apply(connection, &mut record, Some(&change), schedule(Some(now), true), None).await?;
+                apply(connection, &mut record, Some(&change), schedule(Some(now), true)).await?;
                 self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
                 Ok(None)
             }
             AllocationStatus::Releasing => {
-                apply(connection, &mut record, None, schedule(Some(now), true), None).await?;
+                apply(connection, &mut record, None, schedule(Some(now), true)).await?;
                 self.stop_metering(connection, allocation_id, now, &actor.correlation_id).await?;
                 Ok(None)
             }

@@ -1,12 +1,17 @@
 //! The durable provisioning workflow: a step runner over the `allocations` table.
 //!
-//! An allocation with `workflow_due_at` set has work to do. A runner claims due rows
-//! with a short lease, then takes one step per allocation in one transaction: queue
-//! the next node task (its id recorded in the same commit), or look at the task in
-//! flight and move the allocation on. Everything the next step needs is in the row,
-//! so a process killed at any point leaves either the old state or the new one, and
-//! the next runner (after the lease) takes the same step again: no task is queued
-//! twice, no GPU is freed twice, nothing is billed twice.
+//! An allocation with `workflow_due_at` set has work to do. A runner takes a group of
+//! such rows in one transaction, locking them as it reads them (rows another runner
+//! holds are skipped, never waited for), and takes one step per allocation: queue the
+//! next node task (its id recorded in the same commit), or look at the task in flight
+//! and move the allocation on. The row lock is the claim, and everything the next step
+//! needs is in the row, so a process killed at any point leaves either the old state or
+//! the new one and the next runner takes the same step again: no task is queued twice,
+//! no GPU is freed twice, nothing is billed twice.
+//!
+//! A node's report that a task finished moves its allocation on at once (the node
+//! plane tells this process, see `Allocations::new`); the row's own due time is the
+//! fallback, for reports taken by another process, and the phase deadline.
 //!
 //! Events (`gpuaas.provisioning.requested`, `…releasing.requested`,
 //! `…force_release_requested`) only make an allocation due sooner; the row decides
@@ -27,8 +32,6 @@ use crate::events;
 use crate::service::{COLUMNS, Change, Journal, Record, Sets, Value, apply_journaled, record_from_row, schedule};
 use crate::{Actor, AllocationError, AllocationStatus, Allocations};
 
-/// How long a runner holds a claimed allocation before another may take it.
-const CLAIM_LEASE: Duration = Duration::from_secs(30);
 /// Most steps one transaction of the runner takes.
 const MAX_GROUP: usize = 16;
 /// Longest backoff between task attempts.
@@ -63,89 +66,34 @@ impl Allocations {
         })
     }
 
-    /// Claims up to `limit` due allocations and takes one step for each, `parallel`
-    /// at a time. A step that fails is retried by a later pass once its lease ends.
+    /// Takes up to `limit` allocations with work to do, in up to `parallel` groups at
+    /// once, and one step for each. First those a node task of which this process was
+    /// told finished (see [`Allocations::new`]), then those whose time has come.
     ///
-    /// The claim returns the rows and one read returns the state of their node tasks,
-    /// so a step reads nothing more: its first write is the UPDATE that moves the row,
-    /// fenced on the claim it took (see [`apply`]), which also takes the row's lock.
+    /// A group is one transaction: it locks the rows it takes (`SKIP LOCKED` on
+    /// PostgreSQL, so groups and processes never wait for each other's rows; SQLite's
+    /// writer turn does the same), reads their tasks' states, and writes every step.
+    /// The lock is the claim: a process killed mid-group takes its claim with it, and
+    /// nothing but the step itself writes the row.
     pub async fn run_due(&self, limit: usize, parallel: usize) -> Result<RunReport, AllocationError> {
         let timing = self.timing().await?;
-        let now = Timestamp::now();
-        let store = self.store();
-        let lease = now.saturating_add(CLAIM_LEASE).as_micros();
-        let sql = format!(
-            "UPDATE allocations SET workflow_lease_until = $1 WHERE id IN (SELECT id FROM allocations \
-             WHERE workflow_due_at <= $2 AND (workflow_lease_until IS NULL OR workflow_lease_until < $2) \
-             ORDER BY workflow_due_at LIMIT $3{}) RETURNING {COLUMNS}",
-            store.dialect().skip_locked()
-        );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(lease)
-            .bind(now.as_micros())
-            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
-        let mut one = store.one_write().await?;
-        let rows = query.fetch_all(&mut *one).await?;
-        one.finish().await?;
-        let claimed = rows.iter().map(record_from_row).collect::<Result<Vec<_>, _>>()?;
-        // The tasks' states are read before the steps' transactions: a task only moves
-        // forward, and a result that lands just after is seen by the next poll.
-        let task_ids: Vec<&str> = claimed.iter().filter_map(|record| current_task(record)).collect();
-        let mut states =
-            if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(store, &task_ids).await? };
-        let mut report = RunReport { claimed: claimed.len(), failed_steps: 0 };
-        // Most claims of a busy runner find the node task still in flight: those rows
-        // are only put back for the next look, all in one statement rather than a
-        // transaction each.
-        let checked_at = Timestamp::now();
-        let (waiting, claimed): (Vec<Record>, Vec<Record>) = claimed.into_iter().partition(|record| {
-            let task = current_task(record).and_then(|id| states.get(id));
-            still_waiting(record, task, checked_at)
-        });
-        if !waiting.is_empty() {
-            let ids: Vec<&str> = waiting.iter().map(|record| record.view.id.as_str()).collect();
-            look_again_later(store, &ids, checked_at.saturating_add(timing.poll), lease).await?;
-        }
-        // Steps go in groups, one transaction each, `parallel` groups at a time. Within
-        // a group they run in node order, so two groups that lock the same nodes take
-        // them in the same order.
-        let mut work: Vec<(Record, Option<TaskState>)> = claimed
-            .into_iter()
-            .map(|record| {
-                let task = current_task(&record).and_then(|id| states.remove(id));
-                (record, task)
-            })
-            .collect();
-        work.sort_by(|(a, _), (b, _)| a.view.node_id.cmp(&b.view.node_id));
         let parallel = parallel.max(1);
-        let group_size = work.len().div_ceil(parallel).clamp(1, MAX_GROUP);
-        let mut groups: Vec<Vec<(Record, Option<TaskState>)>> = Vec::new();
-        for (index, item) in work.into_iter().enumerate() {
-            // Contiguous runs keep each group in node order.
-            let slot = index / group_size;
-            if groups.len() <= slot {
-                groups.push(Vec::with_capacity(group_size));
-            }
-            groups[slot].push(item);
+        let per_group = limit.max(1).div_ceil(parallel).clamp(1, MAX_GROUP);
+        let mut finished = self.take_finished(limit.max(1)).into_iter();
+        let mut groups = tokio::task::JoinSet::new();
+        for _ in 0..parallel {
+            let told: Vec<String> = finished.by_ref().take(per_group).collect();
+            let this = self.clone();
+            groups.spawn(async move { this.run_group(told, per_group, &timing).await });
         }
-        let mut steps = tokio::task::JoinSet::new();
-        let mut queue = groups.into_iter();
-        loop {
-            while steps.len() < parallel {
-                let Some(group) = queue.next() else { break };
-                let this = self.clone();
-                steps.spawn(async move { this.step_group(group, lease, &timing).await });
-            }
-            let Some(joined) = steps.join_next().await else { break };
+        let mut report = RunReport::default();
+        while let Some(joined) = groups.join_next().await {
             match joined {
-                Ok(outcomes) => {
-                    for (id, outcome) in outcomes {
-                        if let Err(error) = outcome {
-                            report.failed_steps += 1;
-                            tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried after its lease");
-                        }
-                    }
+                Ok(Ok(group)) => {
+                    report.claimed += group.claimed;
+                    report.failed_steps += group.failed_steps;
                 }
+                Ok(Err(error)) => return Err(error),
                 Err(join_error) => {
                     report.failed_steps += 1;
                     tracing::error!(%join_error, "workflow steps panicked");
@@ -153,6 +101,134 @@ impl Allocations {
             }
         }
         Ok(report)
+    }
+
+    /// One group: `told` (allocations whose task finished) and then as many due ones
+    /// as fit in `size`, stepped in one transaction. When a step fails (a lock wait was
+    /// broken, a node stopped taking tasks), everything the group wrote is dropped and
+    /// each allocation gets a transaction of its own, so one conflict costs its
+    /// neighbours nothing.
+    async fn run_group(&self, told: Vec<String>, size: usize, timing: &Timing) -> Result<RunReport, AllocationError> {
+        let mut tx = self.store().begin().await?;
+        let claimed = self.claim(&mut tx, &told, size).await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(RunReport::default());
+        }
+        let ids: Vec<String> = claimed.iter().map(|record| record.view.id.clone()).collect();
+        let report = RunReport { claimed: claimed.len(), failed_steps: 0 };
+        let outcome = async {
+            let journal = Journal::gathering_tasks();
+            let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
+            if let Some(tasks) = &journal.tasks {
+                self.nodes().enqueue_queued_in(&mut tx, tasks).await?;
+            }
+            journal.flush(&mut tx).await?;
+            tx.commit().await?;
+            self.wake_nodes(wake);
+            Ok::<_, AllocationError>(())
+        }
+        .await;
+        let Err(error) = outcome else { return Ok(report) };
+        if ids.len() == 1 {
+            tracing::warn!(allocation_id = %ids[0], %error, "workflow step failed; retried when due again");
+            return Ok(RunReport { failed_steps: 1, ..report });
+        }
+        tracing::debug!(%error, steps = ids.len(), "grouped workflow steps failed; taking them one by one");
+        let mut report = RunReport { claimed: 0, failed_steps: 0 };
+        for id in ids {
+            let outcome = async {
+                let mut tx = self.store().begin().await?;
+                let claimed = self.claim(&mut tx, std::slice::from_ref(&id), 0).await?;
+                report.claimed += claimed.len();
+                let journal = Journal::default();
+                let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
+                journal.flush(&mut tx).await?;
+                tx.commit().await?;
+                self.wake_nodes(wake);
+                Ok::<_, AllocationError>(())
+            }
+            .await;
+            if let Err(error) = outcome {
+                report.failed_steps += 1;
+                tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried when due again");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Locks and reads, in the caller's transaction, the allocations of `told` that
+    /// still have work and then up to `due` of those whose time has come, skipping rows
+    /// another transaction holds.
+    async fn claim(&self, tx: &mut Connection, told: &[String], due: usize) -> Result<Vec<Record>, AllocationError> {
+        let store = self.store();
+        let lock = store.dialect().skip_locked();
+        let mut claimed: Vec<Record> = Vec::new();
+        if !told.is_empty() {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM allocations WHERE id IN ({}) AND workflow_due_at IS NOT NULL{lock}",
+                gpuaas_store::placeholders(1, told.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in told {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                claimed.push(record_from_row(&row)?);
+            }
+        }
+        let room = due.saturating_sub(claimed.len());
+        if room > 0 {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT $2{lock}"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(Timestamp::now().as_micros())
+                .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &rows {
+                let record = record_from_row(row)?;
+                // A told row that was also due is already held by this transaction.
+                if !claimed.iter().any(|held| held.view.id == record.view.id) {
+                    claimed.push(record);
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// One step for each claimed allocation, in the caller's transaction, in node order
+    /// (two groups that lock the same nodes take them in the same order). Rows whose
+    /// node task is still in flight are only put back for a later look, all in one
+    /// statement. Returns the nodes to wake once the transaction commits.
+    async fn step_claimed(
+        &self,
+        tx: &mut Connection,
+        claimed: Vec<Record>,
+        timing: &Timing,
+        journal: &Journal,
+    ) -> Result<Vec<String>, AllocationError> {
+        // A task only moves forward: a result that lands after this read is told again.
+        let task_ids: Vec<&str> = claimed.iter().filter_map(|record| current_task(record)).collect();
+        let mut states =
+            if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(self.store(), &task_ids).await? };
+        let checked_at = Timestamp::now();
+        let (waiting, mut work): (Vec<Record>, Vec<Record>) = claimed.into_iter().partition(|record| {
+            let task = current_task(record).and_then(|id| states.get(id));
+            still_waiting(record, task, checked_at)
+        });
+        if !waiting.is_empty() {
+            let ids: Vec<&str> = waiting.iter().map(|record| record.view.id.as_str()).collect();
+            look_again_later(tx, &ids, checked_at.saturating_add(timing.poll)).await?;
+        }
+        work.sort_by(|a, b| a.view.node_id.cmp(&b.view.node_id));
+        let mut wake = Vec::new();
+        for record in work {
+            let task = current_task(&record).and_then(|id| states.remove(id));
+            wake.extend(self.step(tx, record, task, timing, journal).await?);
+        }
+        Ok(wake)
     }
 
     /// Waits until woken (a create or release in this process) or `idle` passes.
@@ -168,63 +244,6 @@ impl Allocations {
             .unwrap_or(Duration::from_millis(250))
     }
 
-    /// The steps of `group` in one transaction. When any of them fails (a release
-    /// raced it, a lock wait was broken), the transaction is dropped with everything
-    /// the group wrote and each allocation gets its own transaction instead, so one
-    /// conflict costs its neighbours nothing.
-    async fn step_group(
-        &self,
-        group: Vec<(Record, Option<TaskState>)>,
-        lease: i64,
-        timing: &Timing,
-    ) -> Vec<(String, Result<(), AllocationError>)> {
-        if group.len() > 1 {
-            match self.steps_in_one_transaction(&group, lease, timing).await {
-                Ok(()) => return group.into_iter().map(|(record, _)| (record.view.id, Ok(()))).collect(),
-                Err(error) => {
-                    tracing::debug!(%error, steps = group.len(), "grouped workflow steps failed; taking them one by one");
-                }
-            }
-        }
-        let mut outcomes = Vec::with_capacity(group.len());
-        for (record, task) in group {
-            let id = record.view.id.clone();
-            let outcome = async {
-                let mut tx = self.store().begin().await?;
-                let journal = Journal::default();
-                let wake = self.step(&mut tx, record, task, lease, timing, &journal).await?;
-                journal.flush(&mut tx).await?;
-                tx.commit().await?;
-                self.wake_nodes(wake);
-                Ok(())
-            }
-            .await;
-            outcomes.push((id, outcome));
-        }
-        outcomes
-    }
-
-    async fn steps_in_one_transaction(
-        &self,
-        group: &[(Record, Option<TaskState>)],
-        lease: i64,
-        timing: &Timing,
-    ) -> Result<(), AllocationError> {
-        let mut tx = self.store().begin().await?;
-        let journal = Journal::gathering_tasks();
-        let mut wake = Vec::new();
-        for (record, task) in group {
-            wake.extend(self.step(&mut tx, record.clone(), task.clone(), lease, timing, &journal).await?);
-        }
-        if let Some(tasks) = &journal.tasks {
-            self.nodes().enqueue_queued_in(&mut tx, tasks).await?;
-        }
-        journal.flush(&mut tx).await?;
-        tx.commit().await?;
-        self.wake_nodes(wake);
-        Ok(())
-    }
-
     fn wake_nodes(&self, nodes: impl IntoIterator<Item = String>) {
         for node in nodes {
             self.nodes().wake_node(&node);
@@ -233,20 +252,18 @@ impl Allocations {
 
     /// One step for one claimed allocation, in the caller's transaction; returns the
     /// node to wake once it commits. `task` is the state of the phase's node task as
-    /// read after the claim; `lease` is the claim, which every write of the step is
-    /// fenced on.
+    /// read after the claim, whose row lock the transaction holds.
     async fn step(
         &self,
         tx: &mut Connection,
         mut record: Record,
         task: Option<TaskState>,
-        lease: i64,
         timing: &Timing,
         journal: &Journal,
     ) -> Result<Option<String>, AllocationError> {
         let actor = Actor { correlation_id: record.view.correlation_id.clone(), ..Actor::system() };
         let now = Timestamp::now();
-        let step = Step { lease, journal, timing, now, actor: &actor };
+        let step = Step { journal, timing, now, actor: &actor };
         let wake_node = match record.view.status {
             AllocationStatus::Requested => self.start_provisioning(tx, &mut record, &step).await?,
             AllocationStatus::Provisioning => self.check_provisioning(tx, &mut record, task, &step).await?,
@@ -256,7 +273,7 @@ impl Allocations {
             | AllocationStatus::ReleaseFailed
             | AllocationStatus::Released
             | AllocationStatus::Failed => {
-                apply_journaled(tx, &mut record, None, schedule(None, false), Some(lease), step.journal).await?;
+                apply_journaled(tx, &mut record, None, schedule(None, false), step.journal).await?;
                 None
             }
         };
@@ -276,7 +293,7 @@ impl Allocations {
         let task_id = new_id().to_string();
         let deadline = Some(step.now.saturating_add(step.timing.provision_timeout));
         let sets = set_task(TaskColumn::Provision, &task_id, 1, deadline, step.now.saturating_add(step.timing.poll));
-        apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
+        apply_journaled(tx, record, Some(&change), sets, step.journal).await?;
         match self.queue_provision_task(tx, record, step.actor, &task_id, Some(step.journal)).await {
             Ok(()) => Ok(Some(record.view.node_id.clone())),
             // The node went away between placement and now: nothing was provisioned.
@@ -346,7 +363,7 @@ impl Allocations {
             let attempts = record.workflow_attempts + 1;
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Provision, &task_id, attempts, record.workflow_deadline, due);
-            apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
+            apply_journaled(tx, record, None, sets, step.journal).await?;
             self.queue_provision_task(tx, record, actor, &task_id, Some(step.journal)).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
@@ -359,8 +376,7 @@ impl Allocations {
                     reason: None,
                     subject: Some(events::PROVISIONING_ACTIVE),
                 };
-                apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal)
-                    .await?;
+                apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
                 self.start_metering(tx, record, now).await?;
                 Ok(None)
             }
@@ -381,7 +397,7 @@ impl Allocations {
                     return Ok(Some(record.view.node_id.clone()));
                 }
                 let sets = schedule(Some(now.saturating_add(timing.poll)), false);
-                apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
+                apply_journaled(tx, record, None, sets, step.journal).await?;
                 Ok(None)
             }
         }
@@ -407,7 +423,7 @@ impl Allocations {
         };
         let mut sets = schedule(None, false);
         sets.extend(extra);
-        apply_journaled(tx, record, Some(&change), sets, Some(step.lease), step.journal).await?;
+        apply_journaled(tx, record, Some(&change), sets, step.journal).await?;
         slots::release_into(&record.view.id, &step.journal.freed);
         if cleanup {
             queue_cleanup(self, tx, record, step.actor, Some(step.journal)).await?;
@@ -465,7 +481,7 @@ impl Allocations {
             let task_id = new_id().to_string();
             let due = now.saturating_add(timing.poll);
             let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
-            apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
+            apply_journaled(tx, record, None, sets, step.journal).await?;
             self.queue_revoke_task(tx, record, actor, &task_id, Some(step.journal)).await?;
             return Ok(Some(record.view.node_id.clone()));
         };
@@ -478,8 +494,7 @@ impl Allocations {
                     reason: None,
                     subject: Some(events::RELEASING_COMPLETED),
                 };
-                apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal)
-                    .await?;
+                apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
                 self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
                 slots::release_into(&record.view.id, &step.journal.freed);
                 Ok(None)
@@ -501,7 +516,7 @@ impl Allocations {
                     return Ok(None);
                 }
                 let sets = schedule(Some(now.saturating_add(timing.poll)), false);
-                apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
+                apply_journaled(tx, record, None, sets, step.journal).await?;
                 Ok(None)
             }
         }
@@ -523,7 +538,7 @@ impl Allocations {
             reason: Some(reason),
             subject: Some(events::RELEASE_FAILED),
         };
-        apply_journaled(tx, record, Some(&change), schedule(None, false), Some(step.lease), step.journal).await?;
+        apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
         self.stop_metering(tx, &record.view.id, step.now, &step.actor.correlation_id).await?;
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation release failed");
         Ok(())
@@ -582,10 +597,9 @@ pub(crate) async fn queue_cleanup(
     }
 }
 
-/// What one step knows besides the row: its claim, the pass's timing, the time it
-/// started and who it acts as.
+/// What one step knows besides the row: the pass's timing, the time it started and
+/// who it acts as.
 struct Step<'a> {
-    lease: i64,
     /// Where the step's transitions and events wait for the transaction's flush.
     journal: &'a Journal,
     timing: &'a Timing,
@@ -618,27 +632,18 @@ fn phase_has_time(record: &Record, now: Timestamp) -> bool {
     record.workflow_deadline.is_some_and(|deadline| now < deadline)
 }
 
-/// Hands claimed rows back, due again at `due_at`. Fenced on the claim like every
-/// step: a row released or force-released since keeps what that wrote.
-async fn look_again_later(
-    store: &gpuaas_store::Store,
-    ids: &[&str],
-    due_at: Timestamp,
-    lease: i64,
-) -> Result<(), AllocationError> {
-    let placeholders: Vec<String> = (0..ids.len()).map(|index| format!("${}", index + 3)).collect();
+/// Hands claimed rows whose task is still in flight back, due again at `due_at`, in
+/// the claiming transaction.
+async fn look_again_later(tx: &mut Connection, ids: &[&str], due_at: Timestamp) -> Result<(), AllocationError> {
     let sql = format!(
-        "UPDATE allocations SET workflow_due_at = $1, workflow_lease_until = NULL \
-         WHERE workflow_lease_until = $2 AND status IN ('provisioning', 'releasing') AND id IN ({})",
-        placeholders.join(", ")
+        "UPDATE allocations SET workflow_due_at = $1 WHERE id IN ({})",
+        gpuaas_store::placeholders(2, ids.len())
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due_at.as_micros()).bind(lease);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due_at.as_micros());
     for id in ids {
         query = query.bind(*id);
     }
-    let mut one = store.one_write().await?;
-    query.execute(&mut *one).await?;
-    one.finish().await?;
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -680,7 +685,7 @@ async fn retry_later(
     let due = step.now.saturating_add(backoff(step.timing, record.workflow_attempts));
     let mut sets = schedule(Some(due), false);
     sets.push((column.name(), Value::Text(None)));
-    apply_journaled(tx, record, None, sets, Some(step.lease), step.journal).await?;
+    apply_journaled(tx, record, None, sets, step.journal).await?;
     tracing::info!(allocation_id = %record.view.id, attempts = record.workflow_attempts, %error, ?column, "node task failed; retrying after backoff");
     Ok(())
 }
@@ -692,7 +697,6 @@ fn set_task(column: TaskColumn, task_id: &str, attempts: i64, deadline: Option<T
         ("workflow_attempts", Value::Int(Some(attempts))),
         ("workflow_deadline", Value::Int(deadline.map(Timestamp::as_micros))),
         ("workflow_due_at", Value::Int(Some(due_at.as_micros()))),
-        ("workflow_lease_until", Value::Int(None)),
     ]
 }
 

@@ -78,6 +78,7 @@ struct Inner {
     signer: TaskSigner,
     config: NodePlaneConfig,
     waiters: tasks::Waiters,
+    finished: tasks::FinishedListeners,
 }
 
 impl NodePlane {
@@ -88,7 +89,22 @@ impl NodePlane {
         signer: TaskSigner,
         config: NodePlaneConfig,
     ) -> Self {
-        Self { inner: Arc::new(Inner { store, policy, ca, signer, config, waiters: tasks::Waiters::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                policy,
+                ca,
+                signer,
+                config,
+                waiters: tasks::Waiters::default(),
+                finished: Default::default(),
+            }),
+        }
+    }
+
+    /// Registers `listener` for the tasks nodes report finished to this process.
+    pub fn on_task_finished(&self, listener: tasks::TaskFinishedListener) {
+        self.inner.finished.add(listener);
     }
 
     pub fn store(&self) -> &Store {

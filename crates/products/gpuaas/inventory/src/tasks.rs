@@ -183,6 +183,31 @@ impl Waiters {
     }
 }
 
+/// Who in this process wants to know when a node reports a task finished: the
+/// workflow that queued it moves on at once instead of polling for the result. Tasks
+/// finished otherwise (expired, failed by a sweep) are found by their owners' own
+/// deadlines.
+#[derive(Default)]
+pub(crate) struct FinishedListeners {
+    listeners: std::sync::RwLock<Vec<TaskFinishedListener>>,
+}
+
+/// Called with each task a node reports finished, after its result is committed. It
+/// runs on the reporting request's task, so it must only hand the news on.
+pub type TaskFinishedListener = Arc<dyn Fn(&NodeTask) + Send + Sync>;
+
+impl FinishedListeners {
+    pub(crate) fn add(&self, listener: TaskFinishedListener) {
+        self.listeners.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(listener);
+    }
+
+    fn tell(&self, task: &NodeTask) {
+        for listener in self.listeners.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            listener(task);
+        }
+    }
+}
+
 /// What a sweep changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -496,6 +521,22 @@ impl NodePlane {
     /// finished task is answered with its current state (agents retry on network
     /// errors). A refusal is audited: it means a delivery failed verification.
     pub async fn complete_task(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        result: &TaskResult,
+        correlation_id: &str,
+    ) -> Result<NodeTask, InventoryError> {
+        let finished = self.record_result(node_id, task_id, result, correlation_id).await?;
+        // After the commit: a listener that looks finds the result. A repeated report
+        // tells them again, which they take as harmless.
+        if finished.status.is_terminal() {
+            self.inner.finished.tell(&finished);
+        }
+        Ok(finished)
+    }
+
+    async fn record_result(
         &self,
         node_id: &str,
         task_id: &str,
