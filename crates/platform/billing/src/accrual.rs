@@ -7,7 +7,6 @@
 //! key `usage:{record}:{window start}`, so a replayed cycle posts nothing twice.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 use gpuaas_events::EventEnvelope;
 use gpuaas_kernel::Timestamp;
@@ -116,7 +115,7 @@ async fn post_debits(
     dialect: Dialect,
     records: &[OpenRecord],
     debits: &[WindowDebit],
-    correlation_id: &str,
+    correlation_ids: &[&str],
     checkpoint_every: i64,
 ) -> Result<(), BillingError> {
     if debits.is_empty() {
@@ -134,7 +133,7 @@ async fn post_debits(
                 idempotency_key: &debit.key,
                 reference_type: REFERENCE_USAGE_RECORD,
                 reference_id: &record.id,
-                correlation_id,
+                correlation_id: correlation_ids.get(debit.record).copied().unwrap_or("metering"),
                 created_by: "system:billing",
                 description: None,
             }
@@ -180,7 +179,8 @@ pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -
             let through = record.billed_seconds + (elapsed - record.billed_seconds) / window * window;
             totals.push(debits_through(record, index, through, window, &mut debits));
         }
-        post_debits(&mut tx, store.dialect(), &records, &debits, &correlation_id, settings.checkpoint_every).await?;
+        let correlation_ids = vec![correlation_id.as_str(); records.len()];
+        post_debits(&mut tx, store.dialect(), &records, &debits, &correlation_ids, settings.checkpoint_every).await?;
         update_totals(&mut tx, &records, &totals, None).await?;
         tx.commit().await?;
         report.records += records.len();
@@ -194,37 +194,31 @@ pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -
     Ok(report)
 }
 
-/// Writes the new billed totals of `records` in one statement (and `ended_at`, when
-/// closing).
+/// Writes the new billed totals of `records` in one statement per 500 (and each
+/// record's `ended_at`, when closing).
 async fn update_totals(
     connection: &mut Connection,
     records: &[OpenRecord],
     totals: &[(i64, i64)],
-    ended_at: Option<Timestamp>,
+    ended_at: Option<&[i64]>,
 ) -> Result<(), BillingError> {
-    for (records, totals) in records.chunks(500).zip(totals.chunks(500)) {
-        let mut sql = String::from("WITH totals (id, billed_seconds, billed_minor) AS (VALUES ");
-        for index in 0..records.len() {
-            if index > 0 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "(${}, ${}, ${})", 3 * index + 1, 3 * index + 2, 3 * index + 3);
-        }
-        let ended = match ended_at {
-            Some(_) => format!(", ended_at = ${}", 3 * records.len() + 1),
-            None => String::new(),
+    let columns = if ended_at.is_some() { 4 } else { 3 };
+    for (chunk, (records, totals)) in records.chunks(500).zip(totals.chunks(500)).enumerate() {
+        let (names, ended) = match ended_at {
+            Some(_) => ("id, billed_seconds, billed_minor, ended_at", ", ended_at = totals.ended_at"),
+            None => ("id, billed_seconds, billed_minor", ""),
         };
-        let _ = write!(
-            sql,
-            ") UPDATE usage_records SET billed_seconds = totals.billed_seconds, billed_minor = totals.billed_minor{ended} \
-             FROM totals WHERE usage_records.id = totals.id"
+        let sql = format!(
+            "WITH totals ({names}) AS (VALUES {}) UPDATE usage_records SET billed_seconds = totals.billed_seconds, \
+             billed_minor = totals.billed_minor{ended} FROM totals WHERE usage_records.id = totals.id",
+            gpuaas_store::value_rows(1, records.len(), columns)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (record, (seconds, minor)) in records.iter().zip(totals) {
+        for (index, (record, (seconds, minor))) in records.iter().zip(totals).enumerate() {
             query = query.bind(record.id.as_str()).bind(*seconds).bind(*minor);
-        }
-        if let Some(ended_at) = ended_at {
-            query = query.bind(ended_at.as_micros());
+            if let Some(ended_at) = ended_at {
+                query = query.bind(ended_at.get(chunk * 500 + index).copied());
+            }
         }
         query.execute(&mut *connection).await?;
     }
@@ -243,25 +237,77 @@ pub async fn close_usage(
     checkpoint_every: i64,
     correlation_id: &str,
 ) -> Result<Option<i64>, BillingError> {
+    let close = UsageClose { allocation_id, ended_at, correlation_id };
+    let mut billed = close_usages(connection, dialect, &[close], window_seconds, checkpoint_every).await?;
+    Ok(billed.remove(allocation_id))
+}
+
+/// One allocation's usage to close, for [`close_usages`].
+#[derive(Debug, Clone, Copy)]
+pub struct UsageClose<'a> {
+    pub allocation_id: &'a str,
+    pub ended_at: Timestamp,
+    /// Names the debits posted for the last window.
+    pub correlation_id: &'a str,
+}
+
+/// [`close_usage`] for many allocations, with one read, one ledger posting and one
+/// update for all of them. Returns what each allocation with an open record was billed
+/// in total; the others are absent.
+pub async fn close_usages(
+    connection: &mut Connection,
+    dialect: Dialect,
+    closes: &[UsageClose<'_>],
+    window_seconds: i64,
+    checkpoint_every: i64,
+) -> Result<std::collections::HashMap<String, i64>, BillingError> {
+    let mut billed = std::collections::HashMap::new();
     let lock = match dialect {
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    let sql = format!("SELECT {OPEN_COLUMNS} FROM usage_records WHERE allocation_id = $1 AND ended_at IS NULL{lock}");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(allocation_id).fetch_all(&mut *connection).await?;
-    let records = rows.iter().map(open_record).collect::<Result<Vec<_>, _>>()?;
-    if records.is_empty() {
-        return Ok(None);
+    for closes in closes.chunks(500) {
+        // Id order: two closers lock the records they share in the same order.
+        let sql = format!(
+            "SELECT allocation_id, {OPEN_COLUMNS} FROM usage_records WHERE allocation_id IN ({}) \
+             AND ended_at IS NULL ORDER BY id{lock}",
+            gpuaas_store::placeholders(1, closes.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for close in closes {
+            query = query.bind(close.allocation_id);
+        }
+        let rows = query.fetch_all(&mut *connection).await?;
+        if rows.is_empty() {
+            continue;
+        }
+        let mut records = Vec::with_capacity(rows.len());
+        let mut owners: Vec<&UsageClose<'_>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let allocation_id: String = row.try_get("allocation_id")?;
+            let close = closes
+                .iter()
+                .find(|close| close.allocation_id == allocation_id)
+                .ok_or_else(|| BillingError::Corrupt(format!("usage of {allocation_id} was not asked for")))?;
+            records.push(open_record(row)?);
+            owners.push(close);
+        }
+        let mut debits = Vec::new();
+        let mut totals = Vec::with_capacity(records.len());
+        for (index, (record, close)) in records.iter().zip(&owners).enumerate() {
+            let elapsed =
+                ((close.ended_at.as_micros() - record.started_at) / MICROS_PER_SECOND).max(record.billed_seconds);
+            totals.push(debits_through(record, index, elapsed, window_seconds.max(1), &mut debits));
+        }
+        let correlation_ids: Vec<&str> = owners.iter().map(|close| close.correlation_id).collect();
+        post_debits(connection, dialect, &records, &debits, &correlation_ids, checkpoint_every).await?;
+        let ended: Vec<i64> = owners.iter().map(|close| close.ended_at.as_micros()).collect();
+        update_totals(connection, &records, &totals, Some(&ended)).await?;
+        for (close, (_, minor)) in owners.iter().zip(&totals) {
+            *billed.entry(close.allocation_id.to_owned()).or_insert(0) += minor;
+        }
     }
-    let mut debits = Vec::new();
-    let mut totals = Vec::with_capacity(records.len());
-    for (index, record) in records.iter().enumerate() {
-        let elapsed = ((ended_at.as_micros() - record.started_at) / MICROS_PER_SECOND).max(record.billed_seconds);
-        totals.push(debits_through(record, index, elapsed, window_seconds.max(1), &mut debits));
-    }
-    post_debits(connection, dialect, &records, &debits, correlation_id, checkpoint_every).await?;
-    update_totals(connection, &records, &totals, Some(ended_at)).await?;
-    Ok(Some(totals.iter().map(|(_, minor)| *minor).sum()))
+    Ok(billed)
 }
 
 /// Where a tenant's balance stands against the low-balance threshold.

@@ -34,7 +34,7 @@ pub use ledger::{
 pub use query::{LedgerFilter, LedgerPage, list_ledger};
 pub use usage::{
     NewUsageRecord, USAGE_CSV_HEADER, USAGE_EXPORT_PAGE_SIZE, UsagePage, UsageRecord, export_usage_csv,
-    insert_usage_record, list_usage, usage_for_allocations,
+    insert_usage_record, insert_usage_records, list_usage, usage_for_allocations,
 };
 pub use verify::{VerifyReport, verify};
 

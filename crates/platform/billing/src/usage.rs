@@ -126,41 +126,63 @@ pub async fn insert_usage_record(
     connection: &mut Connection,
     record: &NewUsageRecord<'_>,
 ) -> Result<UsageRecord, BillingError> {
-    validate(record)?;
-    let stored = UsageRecord {
-        id: new_id().to_string(),
-        tenant_id: record.tenant_id.to_owned(),
-        project_id: record.project_id.to_owned(),
-        allocation_id: record.allocation_id.to_owned(),
-        sku_id: record.sku_id.to_owned(),
-        gpu_count: record.gpu_count,
-        price_per_gpu_hour_minor: record.price_per_gpu_hour_minor,
-        currency: record.currency.to_owned(),
-        started_at: record.started_at,
-        ended_at: record.ended_at,
-        billed_seconds: record.billed_seconds,
-        billed_minor: record.billed_minor,
-        created_at: Timestamp::now(),
-    };
-    let sql = format!(
-        "INSERT INTO usage_records ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(stored.id.as_str())
-        .bind(stored.tenant_id.as_str())
-        .bind(stored.project_id.as_str())
-        .bind(stored.allocation_id.as_str())
-        .bind(stored.sku_id.as_str())
-        .bind(stored.gpu_count)
-        .bind(stored.price_per_gpu_hour_minor)
-        .bind(stored.currency.as_str())
-        .bind(stored.started_at.as_micros())
-        .bind(stored.ended_at.map(Timestamp::as_micros))
-        .bind(stored.billed_seconds)
-        .bind(stored.billed_minor)
-        .bind(stored.created_at.as_micros())
-        .execute(&mut *connection)
-        .await?;
+    let mut stored = insert_usage_records(connection, std::slice::from_ref(record)).await?;
+    stored.pop().ok_or_else(|| BillingError::Corrupt("a usage record was not stored".into()))
+}
+
+/// Usage records per INSERT (13 parameters each).
+const RECORDS_PER_INSERT: usize = 500;
+
+/// Stores usage records on the caller's connection or transaction, one INSERT per
+/// 500; all are checked before any is written.
+pub async fn insert_usage_records(
+    connection: &mut Connection,
+    records: &[NewUsageRecord<'_>],
+) -> Result<Vec<UsageRecord>, BillingError> {
+    for record in records {
+        validate(record)?;
+    }
+    let created_at = Timestamp::now();
+    let stored: Vec<UsageRecord> = records
+        .iter()
+        .map(|record| UsageRecord {
+            id: new_id().to_string(),
+            tenant_id: record.tenant_id.to_owned(),
+            project_id: record.project_id.to_owned(),
+            allocation_id: record.allocation_id.to_owned(),
+            sku_id: record.sku_id.to_owned(),
+            gpu_count: record.gpu_count,
+            price_per_gpu_hour_minor: record.price_per_gpu_hour_minor,
+            currency: record.currency.to_owned(),
+            started_at: record.started_at,
+            ended_at: record.ended_at,
+            billed_seconds: record.billed_seconds,
+            billed_minor: record.billed_minor,
+            created_at,
+        })
+        .collect();
+    for chunk in stored.chunks(RECORDS_PER_INSERT) {
+        let sql =
+            format!("INSERT INTO usage_records ({COLUMNS}) VALUES {}", gpuaas_store::value_rows(1, chunk.len(), 13));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for record in chunk {
+            query = query
+                .bind(record.id.as_str())
+                .bind(record.tenant_id.as_str())
+                .bind(record.project_id.as_str())
+                .bind(record.allocation_id.as_str())
+                .bind(record.sku_id.as_str())
+                .bind(record.gpu_count)
+                .bind(record.price_per_gpu_hour_minor)
+                .bind(record.currency.as_str())
+                .bind(record.started_at.as_micros())
+                .bind(record.ended_at.map(Timestamp::as_micros))
+                .bind(record.billed_seconds)
+                .bind(record.billed_minor)
+                .bind(record.created_at.as_micros());
+        }
+        query.execute(&mut *connection).await?;
+    }
     Ok(stored)
 }
 

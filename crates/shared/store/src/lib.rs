@@ -100,6 +100,11 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The engine behind a connection, for code that is handed a transaction only.
+    pub fn of(connection: &Connection) -> Self {
+        if connection.backend_name() == "SQLite" { Dialect::Sqlite } else { Dialect::Postgres }
+    }
+
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Dialect::Sqlite)

@@ -282,6 +282,16 @@ pub(crate) async fn apply_journaled(
         None => from,
     };
     let now = Timestamp::now();
+    if journal.batched {
+        let columns = columns_set(change.map(|change| (to, change)), sets, now);
+        if !columns.is_empty() {
+            journal.update(&record.view.id, from.as_str(), columns);
+        }
+        return match change {
+            Some(change) => journal_change(record, to, change, now, journal),
+            None => Ok(()),
+        };
+    }
     // Placeholders: $1 id, $2 the status read, then the columns set.
     let (assignments, values) = assignments(change.map(|change| (to, change)), sets, now, 3);
     if assignments.is_empty() {
@@ -356,24 +366,26 @@ fn assignments(
     now: Timestamp,
     first: usize,
 ) -> (Vec<String>, Vec<Value>) {
-    let mut assignments = Vec::new();
-    let mut values: Vec<Value> = Vec::new();
-    let mut assign = |column: String, value: Value| {
-        assignments.push(format!("{column} = ${}", values.len() + first));
-        values.push(value);
-    };
+    let columns = columns_set(change, sets, now);
+    let assignments =
+        columns.iter().enumerate().map(|(index, (column, _))| format!("{column} = ${}", index + first)).collect();
+    (assignments, columns.into_iter().map(|(_, value)| value).collect())
+}
+
+/// The columns a status change (to `to`, when there is one) and `sets` write, with
+/// their values, in order.
+fn columns_set(change: Option<(AllocationStatus, &Change<'_>)>, sets: Sets, now: Timestamp) -> Vec<(String, Value)> {
+    let mut columns = Vec::new();
     if let Some((to, change)) = change {
-        assign("status".into(), Value::Text(Some(to.as_str().to_owned())));
-        assign("updated_at".into(), Value::Int(Some(now.as_micros())));
-        assign(format!("{}_at", to.as_str()), Value::Int(Some(now.as_micros())));
+        columns.push(("status".into(), Value::Text(Some(to.as_str().to_owned()))));
+        columns.push(("updated_at".into(), Value::Int(Some(now.as_micros()))));
+        columns.push((format!("{}_at", to.as_str()), Value::Int(Some(now.as_micros()))));
         if let Some(reason) = failure_reason(to, change) {
-            assign("failure_reason".into(), Value::Text(Some(reason.to_owned())));
+            columns.push(("failure_reason".into(), Value::Text(Some(reason.to_owned()))));
         }
     }
-    for (column, value) in sets {
-        assign(column.to_owned(), value);
-    }
-    (assignments, values)
+    columns.extend(sets.into_iter().map(|(column, value)| (column.to_owned(), value)));
+    columns
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -459,25 +471,121 @@ struct TransitionRow {
 /// Only touched between awaits (never held across one), hence a plain mutex.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
-    pending: std::sync::Mutex<(Vec<TransitionRow>, Vec<EventEnvelope>)>,
+    pending: std::sync::Mutex<Pending>,
     /// GPUs freed by the changes; their nodes are credited last (see
     /// [`slots::FreedSlots`]).
     pub(crate) freed: slots::FreedSlots,
     /// Node tasks the changes queue, when they are written together (see
-    /// [`Journal::gathering_tasks`]); `None` queues each at once.
+    /// [`Journal::batched`]); `None` queues each at once.
     pub(crate) tasks: Option<gpuaas_inventory::tasks::QueuedTasks>,
+    /// Whether row updates and metering wait for the flush too.
+    batched: bool,
+    /// The billing window and checkpoint interval usage is closed with, when batched.
+    metering: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    transitions: Vec<TransitionRow>,
+    events: Vec<EventEnvelope>,
+    /// Row updates of a batched journal, one per allocation, in the order first made.
+    updates: Vec<RowUpdate>,
+    /// Usage records to open and close, for a batched journal.
+    opened: Vec<OpenUsage>,
+    closed: Vec<(String, Timestamp, String)>,
+}
+
+/// The columns one allocation's changes set, and the status its row had when read.
+#[derive(Debug)]
+struct RowUpdate {
+    id: String,
+    from: &'static str,
+    columns: Vec<(String, Value)>,
+}
+
+/// A usage record to open when the journal is flushed.
+#[derive(Debug)]
+struct OpenUsage {
+    tenant_id: String,
+    project_id: String,
+    allocation_id: String,
+    sku_id: String,
+    gpu_count: i64,
+    price_per_gpu_hour_minor: i64,
+    currency: String,
+    started_at: Timestamp,
 }
 
 /// Transition rows per INSERT (8 parameters each).
 const TRANSITIONS_PER_INSERT: usize = 100;
+/// Allocation rows per batched UPDATE.
+const UPDATES_PER_STATEMENT: usize = 100;
 
 impl Journal {
-    /// A journal that also gathers the node tasks its changes queue, for the caller to
-    /// write in one statement (`NodePlane::enqueue_queued_in`) before flushing. A task
-    /// for a node that no longer takes tasks then fails the whole transaction, so only
-    /// callers that can take their changes again one by one gather them.
-    pub(crate) fn gathering_tasks() -> Self {
-        Self { tasks: Some(Default::default()), ..Self::default() }
+    /// A journal that keeps everything for the flush: row updates (one UPDATE per set
+    /// of columns), usage records opened and closed, and the node tasks the changes
+    /// queue, which the caller writes in one statement (`NodePlane::enqueue_queued_in`)
+    /// before flushing. A task for a node that no longer takes tasks then fails the
+    /// whole transaction, and a row found changed fails the flush, so only callers that
+    /// hold the rows' locks and can take their changes again one by one batch them.
+    pub(crate) fn batched(window_seconds: i64, checkpoint_every: i64) -> Self {
+        Self {
+            tasks: Some(Default::default()),
+            batched: true,
+            metering: Some((window_seconds, checkpoint_every)),
+            ..Self::default()
+        }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `columns` for the row `id` (read as `from`); a second change to the same
+    /// row in this journal is folded into the first, later values winning.
+    fn update(&self, id: &str, from: &'static str, columns: Vec<(String, Value)>) {
+        let mut pending = self.lock_pending();
+        match pending.updates.iter_mut().find(|update| update.id == id) {
+            Some(update) => {
+                for (column, value) in columns {
+                    match update.columns.iter_mut().find(|(name, _)| *name == column) {
+                        Some(slot) => slot.1 = value,
+                        None => update.columns.push((column, value)),
+                    }
+                }
+            }
+            None => pending.updates.push(RowUpdate { id: id.to_owned(), from, columns }),
+        }
+    }
+
+    /// Opens the record's usage at `at` when the journal is flushed; `false` (and
+    /// nothing kept) for a journal that does not batch.
+    pub(crate) fn open_usage(&self, record: &Record, at: Timestamp) -> bool {
+        if !self.batched {
+            return false;
+        }
+        let view = &record.view;
+        self.lock_pending().opened.push(OpenUsage {
+            tenant_id: view.tenant_id.clone(),
+            project_id: view.project_id.clone(),
+            allocation_id: view.id.clone(),
+            sku_id: view.sku_id.clone(),
+            gpu_count: view.gpu_count,
+            price_per_gpu_hour_minor: view.price_per_gpu_hour_minor,
+            currency: view.currency.clone(),
+            started_at: at,
+        });
+        true
+    }
+
+    /// Closes the allocation's open usage at `at` when the journal is flushed; `false`
+    /// (and nothing kept) for a journal that does not batch.
+    pub(crate) fn close_usage(&self, allocation_id: &str, at: Timestamp, correlation_id: &str) -> bool {
+        if !self.batched {
+            return false;
+        }
+        self.lock_pending().closed.push((allocation_id.to_owned(), at, correlation_id.to_owned()));
+        true
     }
 
     /// The first transition of a new allocation (`→ requested`) and its
@@ -508,18 +616,17 @@ impl Journal {
     }
 
     fn record(&self, transition: TransitionRow, event: Option<EventEnvelope>) {
-        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pending.0.push(transition);
-        pending.1.extend(event);
+        let mut pending = self.lock_pending();
+        pending.transitions.push(transition);
+        pending.events.extend(event);
     }
 
     /// Writes what was recorded, in order, on `connection` (the transaction that made
-    /// the changes).
+    /// the changes): row updates, transitions, events, usage opened and closed, and
+    /// last the freed GPUs' nodes.
     pub(crate) async fn flush(&self, connection: &mut Connection) -> Result<(), AllocationError> {
-        let (transitions, events) = {
-            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::mem::take(&mut *pending)
-        };
+        let Pending { transitions, events, updates, opened, closed } = std::mem::take(&mut *self.lock_pending());
+        write_updates(connection, updates).await?;
         for chunk in transitions.chunks(TRANSITIONS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, \
@@ -541,9 +648,92 @@ impl Journal {
             query.execute(&mut *connection).await?;
         }
         gpuaas_outbox::enqueue_many(connection, &events).await?;
+        if !opened.is_empty() {
+            let records: Vec<gpuaas_billing::NewUsageRecord<'_>> = opened
+                .iter()
+                .map(|usage| gpuaas_billing::NewUsageRecord {
+                    tenant_id: &usage.tenant_id,
+                    project_id: &usage.project_id,
+                    allocation_id: &usage.allocation_id,
+                    sku_id: &usage.sku_id,
+                    gpu_count: usage.gpu_count,
+                    price_per_gpu_hour_minor: usage.price_per_gpu_hour_minor,
+                    currency: &usage.currency,
+                    started_at: usage.started_at,
+                    ended_at: None,
+                    billed_seconds: 0,
+                    billed_minor: 0,
+                })
+                .collect();
+            gpuaas_billing::insert_usage_records(connection, &records).await?;
+        }
+        if let Some((window, checkpoint_every)) = self.metering.filter(|_| !closed.is_empty()) {
+            let closes: Vec<gpuaas_billing::accrual::UsageClose<'_>> = closed
+                .iter()
+                .map(|(allocation_id, ended_at, correlation_id)| gpuaas_billing::accrual::UsageClose {
+                    allocation_id,
+                    ended_at: *ended_at,
+                    correlation_id: if correlation_id.is_empty() { "metering" } else { correlation_id },
+                })
+                .collect();
+            let dialect = gpuaas_store::Dialect::of(connection);
+            gpuaas_billing::accrual::close_usages(connection, dialect, &closes, window, checkpoint_every).await?;
+        } else if !closed.is_empty() {
+            return Err(AllocationError::Corrupt("usage closed in a journal without billing settings".into()));
+        }
         self.freed.credit(connection).await?;
         Ok(())
     }
+}
+
+/// Writes a batched journal's row updates: one UPDATE for the rows that set the same
+/// columns, each fenced on the status it was read with. A row that moved anyway fails
+/// the whole flush.
+async fn write_updates(connection: &mut Connection, updates: Vec<RowUpdate>) -> Result<(), AllocationError> {
+    let mut shapes: Vec<(Vec<String>, Vec<RowUpdate>)> = Vec::new();
+    for update in updates {
+        let names: Vec<String> = update.columns.iter().map(|(name, _)| name.clone()).collect();
+        match shapes.iter_mut().find(|(shape, _)| *shape == names) {
+            Some((_, rows)) => rows.push(update),
+            None => shapes.push((names, vec![update])),
+        }
+    }
+    for (names, rows) in shapes {
+        for chunk in rows.chunks(UPDATES_PER_STATEMENT) {
+            let casts: Vec<String> = chunk[0]
+                .columns
+                .iter()
+                .map(|(name, value)| {
+                    let sql_type = match value {
+                        Value::Int(_) => "BIGINT",
+                        Value::Text(_) => "TEXT",
+                    };
+                    format!("{name} = CAST(v.{name} AS {sql_type})")
+                })
+                .collect();
+            let sql = format!(
+                "WITH v (id, from_status, {}) AS (VALUES {}) UPDATE allocations SET {} FROM v \
+                 WHERE allocations.id = v.id AND allocations.status = v.from_status",
+                names.join(", "),
+                gpuaas_store::value_rows(1, chunk.len(), names.len() + 2),
+                casts.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query.bind(row.id.clone()).bind(row.from);
+                for (_, value) in &row.columns {
+                    query = match value {
+                        Value::Int(value) => query.bind(*value),
+                        Value::Text(value) => query.bind(value.clone()),
+                    };
+                }
+            }
+            if query.execute(&mut *connection).await?.rows_affected() != chunk.len() as u64 {
+                return Err(AllocationError::Conflict("an allocation changed meanwhile; try again".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn lifecycle_event(

@@ -52,6 +52,9 @@ struct Timing {
     max_attempts: i64,
     retry_base: Duration,
     poll: Duration,
+    /// Usage closed by a step is billed with these.
+    billing_window_seconds: i64,
+    checkpoint_every: i64,
 }
 
 impl Allocations {
@@ -63,6 +66,8 @@ impl Allocations {
             max_attempts: policy.get(keys::ALLOCATIONS_WORKFLOW_MAX_ATTEMPTS).await?,
             retry_base: policy.get_duration_ms(keys::ALLOCATIONS_WORKFLOW_RETRY_BASE_MS).await?,
             poll: policy.get_duration_ms(keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS).await?,
+            billing_window_seconds: policy.get(keys::BILLING_WINDOW_SECONDS).await?,
+            checkpoint_every: policy.get(keys::BILLING_CHECKPOINT_EVERY).await?,
         })
     }
 
@@ -117,18 +122,25 @@ impl Allocations {
         }
         let ids: Vec<String> = claimed.iter().map(|record| record.view.id.clone()).collect();
         let report = RunReport { claimed: claimed.len(), failed_steps: 0 };
-        let outcome = async {
-            let journal = Journal::gathering_tasks();
+        let journal = Journal::batched(timing.billing_window_seconds, timing.checkpoint_every);
+        let written = async {
             let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
             if let Some(tasks) = &journal.tasks {
                 self.nodes().enqueue_queued_in(&mut tx, tasks).await?;
             }
             journal.flush(&mut tx).await?;
-            tx.commit().await?;
-            self.wake_nodes(wake);
-            Ok::<_, AllocationError>(())
+            Ok::<_, AllocationError>(wake)
         }
         .await;
+        let outcome = match written {
+            Ok(wake) => tx.commit().await.map(|()| self.wake_nodes(wake)).map_err(AllocationError::from),
+            Err(error) => {
+                // At once, not on the connection's next use: the rows stay locked until
+                // then, and the steps below take them again.
+                tx.rollback().await?;
+                Err(error)
+            }
+        };
         let Err(error) = outcome else { return Ok(report) };
         if ids.len() == 1 {
             tracing::warn!(allocation_id = %ids[0], %error, "workflow step failed; retried when due again");
@@ -137,24 +149,45 @@ impl Allocations {
         tracing::debug!(%error, steps = ids.len(), "grouped workflow steps failed; taking them one by one");
         let mut report = RunReport { claimed: 0, failed_steps: 0 };
         for id in ids {
-            let outcome = async {
-                let mut tx = self.store().begin().await?;
-                let claimed = self.claim(&mut tx, std::slice::from_ref(&id), 0).await?;
-                report.claimed += claimed.len();
-                let journal = Journal::default();
-                let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
-                journal.flush(&mut tx).await?;
-                tx.commit().await?;
-                self.wake_nodes(wake);
-                Ok::<_, AllocationError>(())
-            }
-            .await;
-            if let Err(error) = outcome {
-                report.failed_steps += 1;
-                tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried when due again");
+            match self.step_alone(&id, timing).await {
+                Ok(claimed) => report.claimed += usize::from(claimed),
+                Err(error) => {
+                    report.claimed += 1;
+                    report.failed_steps += 1;
+                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried when due again");
+                }
             }
         }
         Ok(report)
+    }
+
+    /// The allocation's step in a transaction of its own, writing as it goes; `false`
+    /// when it has no work any more or another transaction holds it.
+    async fn step_alone(&self, id: &str, timing: &Timing) -> Result<bool, AllocationError> {
+        let mut tx = self.store().begin().await?;
+        let claimed = self.claim(&mut tx, &[id.to_owned()], 0).await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let journal = Journal::default();
+        let written = async {
+            let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
+            journal.flush(&mut tx).await?;
+            Ok::<_, AllocationError>(wake)
+        }
+        .await;
+        match written {
+            Ok(wake) => {
+                tx.commit().await?;
+                self.wake_nodes(wake);
+                Ok(true)
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                Err(error)
+            }
+        }
     }
 
     /// Locks and reads, in the caller's transaction, the allocations of `told` that
@@ -377,7 +410,9 @@ impl Allocations {
                     subject: Some(events::PROVISIONING_ACTIVE),
                 };
                 apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
-                self.start_metering(tx, record, now).await?;
+                if !step.journal.open_usage(record, now) {
+                    self.start_metering(tx, record, now).await?;
+                }
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
@@ -495,7 +530,7 @@ impl Allocations {
                     subject: Some(events::RELEASING_COMPLETED),
                 };
                 apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
-                self.stop_metering(tx, &record.view.id, now, &actor.correlation_id).await?;
+                self.stop_metering_in(tx, step, &record.view.id).await?;
                 slots::release_into(&record.view.id, &step.journal.freed);
                 Ok(None)
             }
@@ -539,9 +574,23 @@ impl Allocations {
             subject: Some(events::RELEASE_FAILED),
         };
         apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
-        self.stop_metering(tx, &record.view.id, step.now, &step.actor.correlation_id).await?;
+        self.stop_metering_in(tx, step, &record.view.id).await?;
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation release failed");
         Ok(())
+    }
+
+    /// Closes the allocation's usage at the step's time: with the journal's other
+    /// closes when it batches them, else at once.
+    async fn stop_metering_in(
+        &self,
+        tx: &mut Connection,
+        step: &Step<'_>,
+        allocation_id: &str,
+    ) -> Result<(), AllocationError> {
+        if step.journal.close_usage(allocation_id, step.now, &step.actor.correlation_id) {
+            return Ok(());
+        }
+        self.stop_metering(tx, allocation_id, step.now, &step.actor.correlation_id).await
     }
 
     async fn queue_revoke_task(

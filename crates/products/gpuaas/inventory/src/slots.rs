@@ -359,15 +359,46 @@ impl FreedSlots {
                 freed += 1;
             }
         }
-        for (node, count) in per_node {
-            sqlx::query("UPDATE nodes SET free_gpus = free_gpus + $2 WHERE id = $1")
-                .bind(node)
-                .bind(count)
-                .execute(&mut *connection)
-                .await?;
-        }
+        credit_nodes(connection, &per_node).await?;
         Ok(freed)
     }
+}
+
+/// Nodes whose free counts one statement credits (2 parameters each).
+const CREDITS_PER_UPDATE: usize = 500;
+
+/// Adds `per_node` to the nodes' free counts, one UPDATE per 500 nodes. On PostgreSQL
+/// the nodes are locked in id order first, so two transactions crediting the same
+/// nodes never wait for each other in a cycle.
+async fn credit_nodes(
+    connection: &mut Connection,
+    per_node: &std::collections::BTreeMap<String, i64>,
+) -> Result<(), InventoryError> {
+    let per_node: Vec<(&String, &i64)> = per_node.iter().collect();
+    for chunk in per_node.chunks(CREDITS_PER_UPDATE) {
+        if Dialect::of(connection) == Dialect::Postgres {
+            let sql = format!(
+                "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                gpuaas_store::placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (node, _) in chunk {
+                query = query.bind(node.as_str());
+            }
+            query.fetch_all(&mut *connection).await?;
+        }
+        let sql = format!(
+            "WITH credit (id, freed) AS (VALUES {}) UPDATE nodes SET free_gpus = free_gpus + credit.freed \
+             FROM credit WHERE nodes.id = credit.id",
+            gpuaas_store::value_rows(1, chunk.len(), 2)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (node, count) in chunk {
+            query = query.bind(node.as_str()).bind(**count);
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
 }
 
 /// Allocations whose slots one UPDATE clears.
