@@ -34,6 +34,8 @@ use crate::{Actor, AllocationError, AllocationStatus, Allocations};
 
 /// Most steps one transaction of the runner takes.
 const MAX_GROUP: usize = 16;
+/// How long a row whose step failed waits before the next try.
+const FAILED_STEP_RETRY: Duration = Duration::from_secs(30);
 /// Longest backoff between task attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -114,6 +116,11 @@ impl Allocations {
     /// each allocation gets a transaction of its own, so one conflict costs its
     /// neighbours nothing.
     async fn run_group(&self, told: Vec<String>, size: usize, timing: &Timing) -> Result<RunReport, AllocationError> {
+        // An idle runner looks with one read, without a transaction (on SQLite, without
+        // taking the writer's turn).
+        if told.is_empty() && !self.anything_due().await? {
+            return Ok(RunReport::default());
+        }
         let mut tx = self.store().begin().await?;
         let claimed = self.claim(&mut tx, &told, size).await?;
         if claimed.is_empty() {
@@ -143,7 +150,8 @@ impl Allocations {
         };
         let Err(error) = outcome else { return Ok(report) };
         if ids.len() == 1 {
-            tracing::warn!(allocation_id = %ids[0], %error, "workflow step failed; retried when due again");
+            tracing::warn!(allocation_id = %ids[0], %error, "workflow step failed; retried later");
+            self.postpone_failed(&ids[0]).await;
             return Ok(RunReport { failed_steps: 1, ..report });
         }
         tracing::debug!(%error, steps = ids.len(), "grouped workflow steps failed; taking them one by one");
@@ -154,11 +162,44 @@ impl Allocations {
                 Err(error) => {
                     report.claimed += 1;
                     report.failed_steps += 1;
-                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried when due again");
+                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried later");
+                    self.postpone_failed(&id).await;
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Whether any allocation is due now: one indexed read.
+    async fn anything_due(&self) -> Result<bool, AllocationError> {
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 LIMIT 1")
+                .bind(Timestamp::now().as_micros())
+                .fetch_optional(self.store().pool())
+                .await?;
+        Ok(due.is_some())
+    }
+
+    /// Makes a row whose step failed due again only after [`FAILED_STEP_RETRY`], so a
+    /// step that keeps failing (a broken row, a lost database connection) is retried
+    /// at that pace instead of on every pass. Best effort: a row it cannot postpone is
+    /// retried on the next pass.
+    async fn postpone_failed(&self, allocation_id: &str) {
+        let due = Timestamp::now().saturating_add(FAILED_STEP_RETRY).as_micros();
+        let postponed = async {
+            let mut one = self.store().one_write().await?;
+            sqlx::query("UPDATE allocations SET workflow_due_at = $1 WHERE id = $2 AND workflow_due_at IS NOT NULL")
+                .bind(due)
+                .bind(allocation_id)
+                .execute(&mut *one)
+                .await?;
+            one.finish().await?;
+            Ok::<_, AllocationError>(())
+        }
+        .await;
+        if let Err(error) = postponed {
+            tracing::warn!(allocation_id, %error, "a failed workflow step could not be postponed");
+        }
     }
 
     /// The allocation's step in a transaction of its own, writing as it goes; `false`
