@@ -416,6 +416,35 @@ async fn one_broken_step_does_not_hold_back_the_others_of_its_pass(backend: Back
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(active_events, 3);
     assert_eq!(free_count_drift(&app).await, 0);
+    // The broken row is postponed, not retried (and failed) on every pass.
+    let again = app.allocations.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((again.claimed, again.failed_steps), (0, 0), "{again:?}");
+}
+
+gpuaas_testkit::both_backends!(a_node_result_moves_its_allocation_on_without_a_poll);
+async fn a_node_result_moves_its_allocation_on_without_a_poll(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 50_000).await;
+    // A row waiting on its task is due again only after a minute: only the node
+    // plane's word that the task finished can move it on sooner.
+    set_policy(&app, keys::ALLOCATIONS_WORKFLOW_POLL_INTERVAL_MS, 60_000).await;
+    let id = text(&create(&app, &world, 1).await["id"]);
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "provisioning");
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "provisioning", "nothing is due before the result");
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.provision_user"]);
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "active");
+
+    json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "releasing");
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
+    step(&app).await;
+    let released = show(&app, &world.user, &id).await;
+    assert_eq!(released["status"], "released", "{released}");
+    assert_eq!(free_count_drift(&app).await, 0);
 }
 
 gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);

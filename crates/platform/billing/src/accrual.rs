@@ -194,6 +194,9 @@ pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -
     Ok(report)
 }
 
+/// Records whose totals one UPDATE writes (4 parameters each at most).
+const TOTALS_PER_UPDATE: usize = 500;
+
 /// Writes the new billed totals of `records` in one statement per 500 (and each
 /// record's `ended_at`, when closing).
 async fn update_totals(
@@ -203,7 +206,9 @@ async fn update_totals(
     ended_at: Option<&[i64]>,
 ) -> Result<(), BillingError> {
     let columns = if ended_at.is_some() { 4 } else { 3 };
-    for (chunk, (records, totals)) in records.chunks(500).zip(totals.chunks(500)).enumerate() {
+    for (chunk, (records, totals)) in
+        records.chunks(TOTALS_PER_UPDATE).zip(totals.chunks(TOTALS_PER_UPDATE)).enumerate()
+    {
         let (names, ended) = match ended_at {
             Some(_) => ("id, billed_seconds, billed_minor, ended_at", ", ended_at = totals.ended_at"),
             None => ("id, billed_seconds, billed_minor", ""),
@@ -217,7 +222,7 @@ async fn update_totals(
         for (index, (record, (seconds, minor))) in records.iter().zip(totals).enumerate() {
             query = query.bind(record.id.as_str()).bind(*seconds).bind(*minor);
             if let Some(ended_at) = ended_at {
-                query = query.bind(ended_at.get(chunk * 500 + index).copied());
+                query = query.bind(ended_at.get(chunk * TOTALS_PER_UPDATE + index).copied());
             }
         }
         query.execute(&mut *connection).await?;

@@ -63,9 +63,18 @@ struct Signals {
     finished: Mutex<Vec<String>>,
 }
 
+/// Most allocations kept as told finished. A process without a runner (an API-only
+/// role) is told too and never takes them; past this, news is dropped and the rows'
+/// own due times find them.
+const MAX_TOLD: usize = 10_000;
+
 impl Signals {
     fn task_finished(&self, allocation_id: &str) {
-        self.lock_finished().push(allocation_id.to_owned());
+        let mut finished = self.lock_finished();
+        if finished.len() < MAX_TOLD {
+            finished.push(allocation_id.to_owned());
+        }
+        drop(finished);
         self.wake.notify_one();
     }
 

@@ -238,7 +238,8 @@ pub(crate) enum Value {
 /// Workflow columns to set in the same UPDATE as a status change.
 pub(crate) type Sets = Vec<(&'static str, Value)>;
 
-/// The columns that mark the workflow due at `due_at` (or idle); a new phase also resets its attempt count, deadline and release task.
+/// The columns that mark the workflow due at `due_at` (or idle); a new phase also
+/// resets its attempt count, deadline and release task.
 pub(crate) fn schedule(due_at: Option<Timestamp>, new_phase: bool) -> Sets {
     let mut sets = vec![("workflow_due_at", Value::Int(due_at.map(Timestamp::as_micros)))];
     if new_phase {
@@ -254,7 +255,8 @@ pub(crate) fn schedule(due_at: Option<Timestamp>, new_phase: bool) -> Sets {
 /// Moves `record` to `change.to` (when there is a change) and sets the workflow
 /// columns `sets`, in one UPDATE in the caller's transaction. Refuses an illegal
 /// transition and refuses (as a conflict) a row whose status moved since it was read
-/// (callers hold its lock, so this is a guard, not a race). Stamps the status's time column, records the transition and queues the event.
+/// (callers hold its lock, so this is a guard, not a race). Stamps the status's time
+/// column, records the transition and queues the event.
 pub(crate) async fn apply(
     connection: &mut Connection,
     record: &mut Record,
@@ -282,7 +284,7 @@ pub(crate) async fn apply_journaled(
         None => from,
     };
     let now = Timestamp::now();
-    if journal.batched {
+    if journal.batched.is_some() {
         let columns = columns_set(change.map(|change| (to, change)), sets, now);
         if !columns.is_empty() {
             journal.update(&record.view.id, from.as_str(), columns);
@@ -390,7 +392,7 @@ fn columns_set(change: Option<(AllocationStatus, &Change<'_>)>, sets: Sets, now:
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-fn bind_values(mut query: AnyQuery<'_>, values: Vec<Value>) -> AnyQuery<'_> {
+fn bind_values(mut query: AnyQuery<'_>, values: impl IntoIterator<Item = Value>) -> AnyQuery<'_> {
     for value in values {
         query = match value {
             Value::Int(value) => query.bind(value),
@@ -478,10 +480,9 @@ pub(crate) struct Journal {
     /// Node tasks the changes queue, when they are written together (see
     /// [`Journal::batched`]); `None` queues each at once.
     pub(crate) tasks: Option<gpuaas_inventory::tasks::QueuedTasks>,
-    /// Whether row updates and metering wait for the flush too.
-    batched: bool,
-    /// The billing window and checkpoint interval usage is closed with, when batched.
-    metering: Option<(i64, i64)>,
+    /// Set when row updates and usage closes wait for the flush too: the billing
+    /// window and checkpoint interval the closes are billed with.
+    batched: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -490,8 +491,9 @@ struct Pending {
     events: Vec<EventEnvelope>,
     /// Row updates of a batched journal, one per allocation, in the order first made.
     updates: Vec<RowUpdate>,
-    /// Usage records to open and close, for a batched journal.
-    opened: Vec<OpenUsage>,
+    /// Usage records to open: the allocation and when it became active.
+    opened: Vec<(Allocation, Timestamp)>,
+    /// Usage to close, for a batched journal: allocation, when, correlation id.
     closed: Vec<(String, Timestamp, String)>,
 }
 
@@ -501,19 +503,6 @@ struct RowUpdate {
     id: String,
     from: &'static str,
     columns: Vec<(String, Value)>,
-}
-
-/// A usage record to open when the journal is flushed.
-#[derive(Debug)]
-struct OpenUsage {
-    tenant_id: String,
-    project_id: String,
-    allocation_id: String,
-    sku_id: String,
-    gpu_count: i64,
-    price_per_gpu_hour_minor: i64,
-    currency: String,
-    started_at: Timestamp,
 }
 
 /// Transition rows per INSERT (8 parameters each).
@@ -529,12 +518,7 @@ impl Journal {
     /// whole transaction, and a row found changed fails the flush, so only callers that
     /// hold the rows' locks and can take their changes again one by one batch them.
     pub(crate) fn batched(window_seconds: i64, checkpoint_every: i64) -> Self {
-        Self {
-            tasks: Some(Default::default()),
-            batched: true,
-            metering: Some((window_seconds, checkpoint_every)),
-            ..Self::default()
-        }
+        Self { tasks: Some(Default::default()), batched: Some((window_seconds, checkpoint_every)), ..Self::default() }
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -558,30 +542,16 @@ impl Journal {
         }
     }
 
-    /// Opens the record's usage at `at` when the journal is flushed; `false` (and
-    /// nothing kept) for a journal that does not batch.
-    pub(crate) fn open_usage(&self, record: &Record, at: Timestamp) -> bool {
-        if !self.batched {
-            return false;
-        }
-        let view = &record.view;
-        self.lock_pending().opened.push(OpenUsage {
-            tenant_id: view.tenant_id.clone(),
-            project_id: view.project_id.clone(),
-            allocation_id: view.id.clone(),
-            sku_id: view.sku_id.clone(),
-            gpu_count: view.gpu_count,
-            price_per_gpu_hour_minor: view.price_per_gpu_hour_minor,
-            currency: view.currency.clone(),
-            started_at: at,
-        });
-        true
+    /// Opens the allocation's usage at `at` (its price snapshot) when the journal is
+    /// flushed.
+    pub(crate) fn open_usage(&self, allocation: &Allocation, at: Timestamp) {
+        self.lock_pending().opened.push((allocation.clone(), at));
     }
 
     /// Closes the allocation's open usage at `at` when the journal is flushed; `false`
     /// (and nothing kept) for a journal that does not batch.
     pub(crate) fn close_usage(&self, allocation_id: &str, at: Timestamp, correlation_id: &str) -> bool {
-        if !self.batched {
+        if self.batched.is_none() {
             return false;
         }
         self.lock_pending().closed.push((allocation_id.to_owned(), at, correlation_id.to_owned()));
@@ -649,41 +619,49 @@ impl Journal {
         }
         gpuaas_outbox::enqueue_many(connection, &events).await?;
         if !opened.is_empty() {
-            let records: Vec<gpuaas_billing::NewUsageRecord<'_>> = opened
-                .iter()
-                .map(|usage| gpuaas_billing::NewUsageRecord {
-                    tenant_id: &usage.tenant_id,
-                    project_id: &usage.project_id,
-                    allocation_id: &usage.allocation_id,
-                    sku_id: &usage.sku_id,
-                    gpu_count: usage.gpu_count,
-                    price_per_gpu_hour_minor: usage.price_per_gpu_hour_minor,
-                    currency: &usage.currency,
-                    started_at: usage.started_at,
-                    ended_at: None,
-                    billed_seconds: 0,
-                    billed_minor: 0,
-                })
-                .collect();
+            let records: Vec<gpuaas_billing::NewUsageRecord<'_>> =
+                opened.iter().map(|(allocation, at)| new_usage(allocation, *at)).collect();
             gpuaas_billing::insert_usage_records(connection, &records).await?;
         }
-        if let Some((window, checkpoint_every)) = self.metering.filter(|_| !closed.is_empty()) {
+        // Only a batched journal keeps closes.
+        if let Some((window, checkpoint_every)) = self.batched.filter(|_| !closed.is_empty()) {
             let closes: Vec<gpuaas_billing::accrual::UsageClose<'_>> = closed
                 .iter()
                 .map(|(allocation_id, ended_at, correlation_id)| gpuaas_billing::accrual::UsageClose {
                     allocation_id,
                     ended_at: *ended_at,
-                    correlation_id: if correlation_id.is_empty() { "metering" } else { correlation_id },
+                    correlation_id: metering_correlation(correlation_id),
                 })
                 .collect();
             let dialect = gpuaas_store::Dialect::of(connection);
             gpuaas_billing::accrual::close_usages(connection, dialect, &closes, window, checkpoint_every).await?;
-        } else if !closed.is_empty() {
-            return Err(AllocationError::Corrupt("usage closed in a journal without billing settings".into()));
         }
         self.freed.credit(connection).await?;
         Ok(())
     }
+}
+
+/// The usage record an allocation opens when it becomes active at `at`: the price
+/// snapshot taken at create, nothing billed yet.
+fn new_usage(allocation: &Allocation, at: Timestamp) -> gpuaas_billing::NewUsageRecord<'_> {
+    gpuaas_billing::NewUsageRecord {
+        tenant_id: &allocation.tenant_id,
+        project_id: &allocation.project_id,
+        allocation_id: &allocation.id,
+        sku_id: &allocation.sku_id,
+        gpu_count: allocation.gpu_count,
+        price_per_gpu_hour_minor: allocation.price_per_gpu_hour_minor,
+        currency: &allocation.currency,
+        started_at: at,
+        ended_at: None,
+        billed_seconds: 0,
+        billed_minor: 0,
+    }
+}
+
+/// The correlation id usage debits carry: the change's, or `metering` without one.
+pub(crate) fn metering_correlation(correlation_id: &str) -> &str {
+    if correlation_id.is_empty() { "metering" } else { correlation_id }
 }
 
 /// Writes a batched journal's row updates: one UPDATE for the rows that set the same
@@ -720,13 +698,8 @@ async fn write_updates(connection: &mut Connection, updates: Vec<RowUpdate>) -> 
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for row in chunk {
-                query = query.bind(row.id.clone()).bind(row.from);
-                for (_, value) in &row.columns {
-                    query = match value {
-                        Value::Int(value) => query.bind(*value),
-                        Value::Text(value) => query.bind(value.clone()),
-                    };
-                }
+                query =
+                    bind_values(query.bind(row.id.clone()).bind(row.from), row.columns.iter().map(|(_, v)| v.clone()));
             }
             if query.execute(&mut *connection).await?.rows_affected() != chunk.len() as u64 {
                 return Err(AllocationError::Conflict("an allocation changed meanwhile; try again".into()));
@@ -1034,7 +1007,7 @@ impl Allocations {
             at,
             window,
             checkpoint_every,
-            if correlation_id.is_empty() { "metering" } else { correlation_id },
+            metering_correlation(correlation_id),
         )
         .await?;
         Ok(())

@@ -83,18 +83,26 @@ impl Allocations {
     /// The lock is the claim: a process killed mid-group takes its claim with it, and
     /// nothing but the step itself writes the row.
     pub async fn run_due(&self, limit: usize, parallel: usize) -> Result<RunReport, AllocationError> {
+        let limit = limit.max(1);
+        let per_group = limit.div_ceil(parallel.max(1)).clamp(1, MAX_GROUP);
+        let told = self.take_finished(limit);
+        // One read sizes the pass, so an idle runner opens no transaction (on SQLite,
+        // takes no writer's turn) and a light one no empty groups.
+        let due = self.due_count(limit - told.len()).await?;
+        if told.is_empty() && due == 0 {
+            return Ok(RunReport::default());
+        }
         let timing = self.timing().await?;
-        let parallel = parallel.max(1);
-        let per_group = limit.max(1).div_ceil(parallel).clamp(1, MAX_GROUP);
-        let mut finished = self.take_finished(limit.max(1)).into_iter();
-        let mut groups = tokio::task::JoinSet::new();
-        for _ in 0..parallel {
-            let told: Vec<String> = finished.by_ref().take(per_group).collect();
+        let groups = (told.len() + due).div_ceil(per_group).clamp(1, parallel.max(1));
+        let mut told = told.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        for _ in 0..groups {
+            let told: Vec<String> = told.by_ref().take(per_group).collect();
             let this = self.clone();
-            groups.spawn(async move { this.run_group(told, per_group, &timing).await });
+            running.spawn(async move { this.run_group(told, per_group, &timing).await });
         }
         let mut report = RunReport::default();
-        while let Some(joined) = groups.join_next().await {
+        while let Some(joined) = running.join_next().await {
             match joined {
                 Ok(Ok(group)) => {
                     report.claimed += group.claimed;
@@ -110,26 +118,81 @@ impl Allocations {
         Ok(report)
     }
 
+    /// How many allocations are due now, counting up to `limit`: one indexed read.
+    async fn due_count(&self, limit: usize) -> Result<usize, AllocationError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM allocations WHERE workflow_due_at <= $1 LIMIT $2) AS due",
+        )
+        .bind(Timestamp::now().as_micros())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// One group: `told` (allocations whose task finished) and then as many due ones
     /// as fit in `size`, stepped in one transaction. When a step fails (a lock wait was
     /// broken, a node stopped taking tasks), everything the group wrote is dropped and
     /// each allocation gets a transaction of its own, so one conflict costs its
-    /// neighbours nothing.
+    /// neighbours nothing; a row whose step fails alone too is postponed.
     async fn run_group(&self, told: Vec<String>, size: usize, timing: &Timing) -> Result<RunReport, AllocationError> {
-        // An idle runner looks with one read, without a transaction (on SQLite, without
-        // taking the writer's turn).
-        if told.is_empty() && !self.anything_due().await? {
-            return Ok(RunReport::default());
+        let StepFailure { claimed, error } = match self.step_together(&told, size, timing, true).await {
+            Ok(claimed) => return Ok(RunReport { claimed: claimed.len(), failed_steps: 0 }),
+            // Nothing was claimed: the database itself failed.
+            Err(failure) if failure.claimed.is_empty() => return Err(failure.error),
+            Err(failure) => failure,
+        };
+        // Alone, a step writes as it goes, so a node that stopped taking tasks fails
+        // that step's way (its allocation fails) instead of the whole batch.
+        tracing::debug!(%error, steps = claimed.len(), "grouped workflow steps failed; taking them one by one");
+        let mut report = RunReport::default();
+        for id in claimed {
+            match self.step_together(std::slice::from_ref(&id), 0, timing, false).await {
+                Ok(taken) => report.claimed += taken.len(),
+                Err(failure) => {
+                    report.claimed += 1;
+                    report.failed_steps += 1;
+                    self.step_failed(&id, &failure.error).await;
+                }
+            }
         }
-        let mut tx = self.store().begin().await?;
-        let claimed = self.claim(&mut tx, &told, size).await?;
-        if claimed.is_empty() {
-            tx.rollback().await?;
-            return Ok(RunReport::default());
-        }
+        Ok(report)
+    }
+
+    /// Claims `told` and up to `due` rows whose time has come, steps them and commits,
+    /// in one transaction; returns the ids it stepped. A `batched` journal writes
+    /// everything at the end (see [`Journal::batched`]); otherwise each step writes as
+    /// it goes. On failure the transaction is rolled back at once, not on its
+    /// connection's next use: its rows would stay locked until then.
+    async fn step_together(
+        &self,
+        told: &[String],
+        due: usize,
+        timing: &Timing,
+        batched: bool,
+    ) -> Result<Vec<String>, StepFailure> {
+        let failed = |claimed: &[String], error: AllocationError| StepFailure { claimed: claimed.to_vec(), error };
+        let mut tx = self.store().begin().await.map_err(|error| failed(&[], error.into()))?;
+        let claimed = match self.claim(&mut tx, told, due).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                drop(tx.rollback().await);
+                return Err(failed(&[], error));
+            }
+        };
         let ids: Vec<String> = claimed.iter().map(|record| record.view.id.clone()).collect();
-        let report = RunReport { claimed: claimed.len(), failed_steps: 0 };
-        let journal = Journal::batched(timing.billing_window_seconds, timing.checkpoint_every);
+        if ids.is_empty() {
+            tx.rollback().await.map_err(|error| failed(&[], error.into()))?;
+            return Ok(ids);
+        }
+        let journal = if batched {
+            Journal::batched(timing.billing_window_seconds, timing.checkpoint_every)
+        } else {
+            Journal::default()
+        };
         let written = async {
             let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
             if let Some(tasks) = &journal.tasks {
@@ -139,52 +202,25 @@ impl Allocations {
             Ok::<_, AllocationError>(wake)
         }
         .await;
-        let outcome = match written {
-            Ok(wake) => tx.commit().await.map(|()| self.wake_nodes(wake)).map_err(AllocationError::from),
+        match written {
+            Ok(wake) => {
+                tx.commit().await.map_err(|error| failed(&ids, error.into()))?;
+                self.wake_nodes(wake);
+                Ok(ids)
+            }
             Err(error) => {
-                // At once, not on the connection's next use: the rows stay locked until
-                // then, and the steps below take them again.
-                tx.rollback().await?;
-                Err(error)
-            }
-        };
-        let Err(error) = outcome else { return Ok(report) };
-        if ids.len() == 1 {
-            tracing::warn!(allocation_id = %ids[0], %error, "workflow step failed; retried later");
-            self.postpone_failed(&ids[0]).await;
-            return Ok(RunReport { failed_steps: 1, ..report });
-        }
-        tracing::debug!(%error, steps = ids.len(), "grouped workflow steps failed; taking them one by one");
-        let mut report = RunReport { claimed: 0, failed_steps: 0 };
-        for id in ids {
-            match self.step_alone(&id, timing).await {
-                Ok(claimed) => report.claimed += usize::from(claimed),
-                Err(error) => {
-                    report.claimed += 1;
-                    report.failed_steps += 1;
-                    tracing::warn!(allocation_id = %id, %error, "workflow step failed; retried later");
-                    self.postpone_failed(&id).await;
-                }
+                drop(tx.rollback().await);
+                Err(failed(&ids, error))
             }
         }
-        Ok(report)
     }
 
-    /// Whether any allocation is due now: one indexed read.
-    async fn anything_due(&self) -> Result<bool, AllocationError> {
-        let due: Option<i64> =
-            sqlx::query_scalar("SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 LIMIT 1")
-                .bind(Timestamp::now().as_micros())
-                .fetch_optional(self.store().pool())
-                .await?;
-        Ok(due.is_some())
-    }
-
-    /// Makes a row whose step failed due again only after [`FAILED_STEP_RETRY`], so a
-    /// step that keeps failing (a broken row, a lost database connection) is retried
-    /// at that pace instead of on every pass. Best effort: a row it cannot postpone is
-    /// retried on the next pass.
-    async fn postpone_failed(&self, allocation_id: &str) {
+    /// Logs a failed step and makes its row due again only after
+    /// [`FAILED_STEP_RETRY`], so a step that keeps failing (a broken row, a lost
+    /// database connection) is retried at that pace instead of on every pass. Best
+    /// effort: a row it cannot postpone is retried on the next pass.
+    async fn step_failed(&self, allocation_id: &str, error: &AllocationError) {
+        tracing::warn!(allocation_id, %error, "workflow step failed; retried later");
         let due = Timestamp::now().saturating_add(FAILED_STEP_RETRY).as_micros();
         let postponed = async {
             let mut one = self.store().one_write().await?;
@@ -199,35 +235,6 @@ impl Allocations {
         .await;
         if let Err(error) = postponed {
             tracing::warn!(allocation_id, %error, "a failed workflow step could not be postponed");
-        }
-    }
-
-    /// The allocation's step in a transaction of its own, writing as it goes; `false`
-    /// when it has no work any more or another transaction holds it.
-    async fn step_alone(&self, id: &str, timing: &Timing) -> Result<bool, AllocationError> {
-        let mut tx = self.store().begin().await?;
-        let claimed = self.claim(&mut tx, &[id.to_owned()], 0).await?;
-        if claimed.is_empty() {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let journal = Journal::default();
-        let written = async {
-            let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
-            journal.flush(&mut tx).await?;
-            Ok::<_, AllocationError>(wake)
-        }
-        .await;
-        match written {
-            Ok(wake) => {
-                tx.commit().await?;
-                self.wake_nodes(wake);
-                Ok(true)
-            }
-            Err(error) => {
-                tx.rollback().await?;
-                Err(error)
-            }
         }
     }
 
@@ -451,9 +458,7 @@ impl Allocations {
                     subject: Some(events::PROVISIONING_ACTIVE),
                 };
                 apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
-                if !step.journal.open_usage(record, now) {
-                    self.start_metering(tx, record, now).await?;
-                }
+                step.journal.open_usage(&record.view, now);
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {
@@ -505,32 +510,6 @@ impl Allocations {
             queue_cleanup(self, tx, record, step.actor, Some(step.journal)).await?;
         }
         tracing::warn!(allocation_id = %record.view.id, reason, "allocation failed");
-        Ok(())
-    }
-
-    async fn start_metering(
-        &self,
-        tx: &mut Connection,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<(), AllocationError> {
-        gpuaas_billing::insert_usage_record(
-            tx,
-            &gpuaas_billing::NewUsageRecord {
-                tenant_id: &record.view.tenant_id,
-                project_id: &record.view.project_id,
-                allocation_id: &record.view.id,
-                sku_id: &record.view.sku_id,
-                gpu_count: record.view.gpu_count,
-                price_per_gpu_hour_minor: record.view.price_per_gpu_hour_minor,
-                currency: &record.view.currency,
-                started_at: now,
-                ended_at: None,
-                billed_seconds: 0,
-                billed_minor: 0,
-            },
-        )
-        .await?;
         Ok(())
     }
 
@@ -685,6 +664,13 @@ pub(crate) async fn queue_cleanup(
         }
         Err(error) => Err(error),
     }
+}
+
+/// A group that failed: the rows it had claimed (none when the database failed before
+/// it could claim any) and why.
+struct StepFailure {
+    claimed: Vec<String>,
+    error: AllocationError,
 }
 
 /// What one step knows besides the row: the pass's timing, the time it started and

@@ -376,9 +376,11 @@ async fn credit_nodes(
 ) -> Result<(), InventoryError> {
     let per_node: Vec<(&String, &i64)> = per_node.iter().collect();
     for chunk in per_node.chunks(CREDITS_PER_UPDATE) {
-        if Dialect::of(connection) == Dialect::Postgres {
+        // SQLite's one writer already excludes the others.
+        let lock = NodeLock::Place.clause(Dialect::of(connection));
+        if !lock.is_empty() {
             let sql = format!(
-                "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock}",
                 gpuaas_store::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
