@@ -86,17 +86,15 @@ impl Allocations {
         let limit = limit.max(1);
         let per_group = limit.div_ceil(parallel.max(1)).clamp(1, MAX_GROUP);
         let told = self.take_finished(limit);
-        // One read sizes the pass, so an idle runner opens no transaction (on SQLite,
-        // takes no writer's turn) and a light one no empty groups.
-        let due = self.due_count(limit - told.len()).await?;
-        if told.is_empty() && due == 0 {
+        // An idle runner looks with one read and opens no transaction (on SQLite,
+        // takes no writer's turn).
+        if told.is_empty() && !self.anything_due().await? {
             return Ok(RunReport::default());
         }
         let timing = self.timing().await?;
-        let groups = (told.len() + due).div_ceil(per_group).clamp(1, parallel.max(1));
         let mut told = told.into_iter();
         let mut running = tokio::task::JoinSet::new();
-        for _ in 0..groups {
+        for _ in 0..parallel.max(1) {
             let told: Vec<String> = told.by_ref().take(per_group).collect();
             let this = self.clone();
             running.spawn(async move { this.run_group(told, per_group, &timing).await });
@@ -118,19 +116,16 @@ impl Allocations {
         Ok(report)
     }
 
-    /// How many allocations are due now, counting up to `limit`: one indexed read.
-    async fn due_count(&self, limit: usize) -> Result<usize, AllocationError> {
-        if limit == 0 {
-            return Ok(0);
-        }
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM allocations WHERE workflow_due_at <= $1 LIMIT $2) AS due",
+    /// Whether any allocation is due now: one read that stops at the first (the order
+    /// makes it an index scan; without it the planner may scan the table).
+    async fn anything_due(&self) -> Result<bool, AllocationError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT 1",
         )
         .bind(Timestamp::now().as_micros())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_one(self.store().pool())
+        .fetch_optional(self.store().pool())
         .await?;
-        Ok(usize::try_from(count).unwrap_or(0))
+        Ok(due.is_some())
     }
 
     /// One group: `told` (allocations whose task finished) and then as many due ones
