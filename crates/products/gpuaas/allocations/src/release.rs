@@ -1,7 +1,9 @@
 //! Owners releasing their allocations. Concurrent releases share a transaction (group
 //! commit, as creates do): one statement locks every allocation of the batch, one
-//! UPDATE moves those that may go to `releasing`, and their transitions, events and
-//! audit rows are written with one INSERT each. Each request is answered as it would
+//! UPDATE moves those that may go to `releasing` and names their first revoke task,
+//! and those tasks, transitions, events and audit rows are written with one INSERT
+//! each. The release phase thus starts in the owner's commit: the node's pull gets
+//! the task at once, with no workflow pass in between. Each request is answered as it would
 //! have been alone: a missing or foreign allocation is not found, one that cannot be
 //! released (already releasing, or released twice in one batch) is a conflict.
 
@@ -17,6 +19,14 @@ use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations};
 
 /// Most releases in one transaction.
 const MAX_BATCH: usize = 64;
+
+/// Who starts a release phase: the release's own transaction, which queues the first
+/// revoke task, or the workflow runner's next pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Begun,
+    ToRunner,
+}
 
 /// A release waiting for its batch.
 pub(crate) struct ReleaseRequest {
@@ -57,14 +67,16 @@ impl Allocations {
     }
 
     async fn release_batch(&self, requests: Vec<ReleaseRequest>) -> Vec<Result<Allocation, AllocationError>> {
-        match self.release_together(&requests).await {
+        match self.release_together(&requests, Phase::Begun).await {
             Ok(results) => results,
-            Err(error) if requests.len() == 1 => vec![Err(error)],
             Err(error) => {
+                // Taken again one by one, each leaving its first release task to the
+                // runner: a node that takes no tasks now fails the runner's step (and
+                // is retried there), not the owner's release.
                 tracing::debug!(%error, releases = requests.len(), "batched releases failed; taking them one by one");
                 let mut results = Vec::with_capacity(requests.len());
                 for request in &requests {
-                    results.push(match self.release_together(std::slice::from_ref(request)).await {
+                    results.push(match self.release_together(std::slice::from_ref(request), Phase::ToRunner).await {
                         Ok(mut one) => one.pop().unwrap_or_else(|| {
                             Err(AllocationError::Corrupt("a lone release was left unanswered".into()))
                         }),
@@ -81,6 +93,7 @@ impl Allocations {
     async fn release_together(
         &self,
         requests: &[ReleaseRequest],
+        phase: Phase,
     ) -> Result<Vec<Result<Allocation, AllocationError>>, AllocationError> {
         let store = self.store();
         let mut tx = store.begin().await?;
@@ -117,7 +130,6 @@ impl Allocations {
             }
         }
 
-        let journal = Journal::default();
         let mut changes: Vec<(&mut Record, Change<'_>)> = Vec::with_capacity(taken.len());
         let mut audit = Vec::with_capacity(taken.len());
         for (id, record) in &mut records {
@@ -134,7 +146,13 @@ impl Allocations {
         }
         if changes.is_empty() {
             tx.rollback().await?;
+        } else if phase == Phase::Begun {
+            let wake = self.begin_releases(&mut tx, changes).await?;
+            gpuaas_audit::record_many(&mut tx, &audit).await?;
+            tx.commit().await?;
+            self.wake_nodes(wake);
         } else {
+            let journal = Journal::default();
             apply_many(&mut tx, &mut changes, schedule(Some(Timestamp::now()), true), &journal).await?;
             journal.flush(&mut tx).await?;
             gpuaas_audit::record_many(&mut tx, &audit).await?;

@@ -86,18 +86,29 @@ impl Allocations {
         let limit = limit.max(1);
         let per_group = limit.div_ceil(parallel.max(1)).clamp(1, MAX_GROUP);
         let told = self.take_finished(limit);
-        // An idle runner looks with one read and opens no transaction (on SQLite,
-        // takes no writer's turn).
-        if told.is_empty() && !self.anything_due().await? {
+        // Groups are opened for the work seen, no more: one allocation to step is one
+        // transaction, not `parallel` of which all but one claim nothing. An idle
+        // runner looks with one read and opens no transaction (on SQLite, takes no
+        // writer's turn).
+        let room = (per_group * parallel.max(1)).saturating_sub(told.len());
+        let mut due = if room > 0 { self.due_count(room).await? } else { 0 };
+        let groups = (told.len() + due).div_ceil(per_group).min(parallel.max(1));
+        if groups == 0 {
             return Ok(RunReport::default());
         }
         let timing = self.timing().await?;
+        let told_per_group = told.len().div_ceil(groups);
         let mut told = told.into_iter();
         let mut running = tokio::task::JoinSet::new();
-        for _ in 0..parallel.max(1) {
-            let told: Vec<String> = told.by_ref().take(per_group).collect();
+        for _ in 0..groups {
+            let told: Vec<String> = told.by_ref().take(told_per_group).collect();
+            // The group's size: its told rows and its share of the due ones. A told row
+            // another group holds leaves room for a due one instead.
+            let take_due = per_group.saturating_sub(told.len()).min(due);
+            due -= take_due;
+            let size = told.len() + take_due;
             let this = self.clone();
-            running.spawn(async move { this.run_group(told, per_group, &timing).await });
+            running.spawn(async move { this.run_group(told, size, &timing).await });
         }
         let mut report = RunReport::default();
         while let Some(joined) = running.join_next().await {
@@ -116,16 +127,18 @@ impl Allocations {
         Ok(report)
     }
 
-    /// Whether any allocation is due now: one read that stops at the first (the order
-    /// makes it an index scan; without it the planner may scan the table).
-    async fn anything_due(&self) -> Result<bool, AllocationError> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT 1",
+    /// How many allocations are due now, counting up to `most`: one read of the due
+    /// index (the order makes it an index scan; without it the planner may scan the
+    /// table). Rows another runner holds are counted too; their groups claim less.
+    async fn due_count(&self, most: usize) -> Result<usize, AllocationError> {
+        let due: Vec<i64> = sqlx::query_scalar(
+            "SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT $2",
         )
         .bind(Timestamp::now().as_micros())
-        .fetch_optional(self.store().pool())
+        .bind(i64::try_from(most).unwrap_or(i64::MAX))
+        .fetch_all(self.store().pool())
         .await?;
-        Ok(due.is_some())
+        Ok(due.len())
     }
 
     /// One group: `told` (allocations whose task finished) and then as many due ones
@@ -320,7 +333,7 @@ impl Allocations {
             .unwrap_or(Duration::from_millis(250))
     }
 
-    fn wake_nodes(&self, nodes: impl IntoIterator<Item = String>) {
+    pub(crate) fn wake_nodes(&self, nodes: impl IntoIterator<Item = String>) {
         for node in nodes {
             self.nodes().wake_node(&node);
         }
@@ -528,12 +541,7 @@ impl Allocations {
                 }
                 Some(deadline) => (record.workflow_attempts + 1, Some(deadline)),
             };
-            let task_id = new_id().to_string();
-            let due = now.saturating_add(timing.poll);
-            let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
-            apply_journaled(tx, record, None, sets, step.journal).await?;
-            self.queue_revoke_task(tx, record, actor, &task_id, Some(step.journal)).await?;
-            return Ok(Some(record.view.node_id.clone()));
+            return self.queue_release_attempt(tx, record, step, attempts, deadline).await;
         };
         let task = task.ok_or_else(|| AllocationError::Corrupt(format!("task {task_id} is missing")))?;
         match task.status {
@@ -606,6 +614,52 @@ impl Allocations {
             return Ok(());
         }
         self.stop_metering(tx, allocation_id, step.now, &step.actor.correlation_id).await
+    }
+
+    /// Records a new release attempt's task on the row and queues the task (the row
+    /// first, then the node's lock, as every writer takes them); returns the node to
+    /// wake once the transaction commits.
+    async fn queue_release_attempt(
+        &self,
+        tx: &mut Connection,
+        record: &mut Record,
+        step: &Step<'_>,
+        attempts: i64,
+        deadline: Option<Timestamp>,
+    ) -> Result<Option<String>, AllocationError> {
+        let task_id = new_id().to_string();
+        let due = step.now.saturating_add(step.timing.poll);
+        let sets = set_task(TaskColumn::Release, &task_id, attempts, deadline, due);
+        apply_journaled(tx, record, None, sets, step.journal).await?;
+        self.queue_revoke_task(tx, record, step.actor, &task_id, Some(step.journal)).await?;
+        Ok(Some(record.view.node_id.clone()))
+    }
+
+    /// Moves each of `changes` to `releasing` and starts its release phase, in the
+    /// caller's transaction: the first revoke task is queued in the same commit, as the
+    /// runner's first step of the phase would queue it, so the node gets it without a
+    /// runner's pass in between. Rows, transitions, events and tasks are written
+    /// together at the end. Returns the nodes to wake once the transaction commits.
+    pub(crate) async fn begin_releases(
+        &self,
+        tx: &mut Connection,
+        changes: Vec<(&mut Record, Change<'_>)>,
+    ) -> Result<Vec<String>, AllocationError> {
+        let timing = self.timing().await?;
+        let journal = Journal::batched(timing.billing_window_seconds, timing.checkpoint_every);
+        let now = Timestamp::now();
+        let deadline = Some(now.saturating_add(timing.release_timeout));
+        let mut wake = Vec::with_capacity(changes.len());
+        for (record, change) in changes {
+            apply_journaled(tx, record, Some(&change), schedule(None, true), &journal).await?;
+            let step = Step { journal: &journal, timing: &timing, now, actor: change.actor };
+            wake.extend(self.queue_release_attempt(tx, record, &step, 1, deadline).await?);
+        }
+        if let Some(tasks) = &journal.tasks {
+            self.nodes().enqueue_queued_in(tx, tasks).await?;
+        }
+        journal.flush(tx).await?;
+        Ok(wake)
     }
 
     async fn queue_revoke_task(

@@ -55,6 +55,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112480_drop_sku_status_index.sql"),
         postgres: include_str!("../migrations/2026112480_drop_sku_status_index.sql"),
     },
+    Migration {
+        version: 2026120210,
+        name: "drop_duplicate_slot_index",
+        sqlite: include_str!("../migrations/2026120210_drop_duplicate_slot_index.sql"),
+        postgres: include_str!("../migrations/2026120210_drop_duplicate_slot_index.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.
@@ -79,6 +85,8 @@ struct Inner {
     config: NodePlaneConfig,
     waiters: tasks::Waiters,
     finished: tasks::FinishedListeners,
+    /// Task results waiting for a batch to share.
+    results: tasks::ResultQueue,
 }
 
 impl NodePlane {
@@ -91,6 +99,7 @@ impl NodePlane {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                results: tasks::result_queue(store.dialect()),
                 store,
                 policy,
                 ca,
