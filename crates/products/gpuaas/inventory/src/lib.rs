@@ -85,8 +85,6 @@ struct Inner {
     config: NodePlaneConfig,
     waiters: tasks::Waiters,
     finished: tasks::FinishedListeners,
-    /// Task results waiting for a batch to share.
-    results: tasks::ResultQueue,
 }
 
 impl NodePlane {
@@ -99,7 +97,6 @@ impl NodePlane {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                results: tasks::result_queue(store.dialect()),
                 store,
                 policy,
                 ca,

@@ -14,7 +14,7 @@ use gpuaas_nodeagent_protocol::wire::MAX_TASKS_PER_PULL;
 use gpuaas_nodeagent_protocol::{Inventory, SignedTask, Task, TaskOutcome, TaskResult, TaskType};
 use gpuaas_policy::keys;
 use gpuaas_store::sqlx::{self, Row as _};
-use gpuaas_store::{GroupCommit, Row, Store};
+use gpuaas_store::{Row, Store};
 use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
@@ -565,27 +565,29 @@ impl NodePlane {
             return Err(InventoryError::invalid("output", "at most 1 MiB"));
         }
         let now = Timestamp::now().as_micros();
-        // The common case in one statement shared with concurrent reports (group
-        // commit): a leased task that is not an inventory (whose output is checked
-        // first) finishing without a refusal (which is audited in the same
-        // transaction). Anything else (not leased, not this node's, an inventory, a
-        // refusal, a batch that failed) takes the path below, alone.
+        // The common case in one statement: a leased task that is not an inventory
+        // (whose output is checked first) finishing without a refusal (which is audited
+        // in the same transaction). On PostgreSQL it is its own transaction; SQLite's
+        // writers take turns through `Store::begin`. Anything else (not leased, not
+        // this node's, an inventory, a refusal) takes the path below.
         if refusal_code.is_none() {
-            let write = ResultWrite {
-                task_id: task_id.to_owned(),
-                node_id: node_id.to_owned(),
-                status,
-                output: output.clone(),
-                error: error.clone(),
-                completed_at: now,
-            };
-            let store = self.store().clone();
-            let run = move |batch: Vec<ResultWrite>| {
-                let store = store.clone();
-                async move { write_results(&store, batch).await }
-            };
-            if let Some(Some(finished)) = self.inner.results.submit(write, run).await {
-                return Ok(finished);
+            let sql = format!(
+                "UPDATE node_tasks SET status = $3, result = $4, error = $5, completed_at = $6 \
+                 WHERE id = $1 AND node_id = $2 AND status = 'leased' AND task_type <> '{}' RETURNING {TASK_COLUMNS}",
+                TaskType::NodeInventory.as_str()
+            );
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(task_id.to_owned())
+                .bind(node_id.to_owned())
+                .bind(status.as_str())
+                .bind(output.clone())
+                .bind(error.clone())
+                .bind(now);
+            let mut one = self.store().one_write().await?;
+            let row = query.fetch_optional(&mut *one).await?;
+            one.finish().await?;
+            if let Some(row) = row {
+                return task_from_row(&row);
             }
         }
         let mut tx = self.store().begin().await?;
@@ -725,72 +727,4 @@ impl NodePlane {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// A task's result waiting for the batch that writes it (see
-/// [`NodePlane::complete_task`]).
-pub(crate) struct ResultWrite {
-    task_id: String,
-    node_id: String,
-    status: TaskStatus,
-    output: String,
-    error: Option<String>,
-    completed_at: i64,
-}
-
-/// Results reported at once share one UPDATE and one commit. The answer is the
-/// finished task, or `None` when the batch did not finish it: the report then takes
-/// the one-by-one path, which says why.
-pub(crate) type ResultQueue = GroupCommit<ResultWrite, Option<NodeTask>>;
-
-/// Most results one UPDATE writes (6 parameters each).
-const RESULTS_PER_BATCH: usize = 64;
-
-pub(crate) fn result_queue(dialect: gpuaas_store::Dialect) -> ResultQueue {
-    GroupCommit::for_writes(dialect, RESULTS_PER_BATCH)
-}
-
-async fn write_results(store: &Store, batch: Vec<ResultWrite>) -> Vec<Option<NodeTask>> {
-    match finish_leased(store, &batch).await {
-        Ok(mut finished) => batch.iter().map(|write| finished.remove(&write.task_id)).collect(),
-        Err(error) => {
-            tracing::debug!(%error, results = batch.len(), "batched task results failed; taking them one by one");
-            batch.iter().map(|_| None).collect()
-        }
-    }
-}
-
-/// Finishes each task of `batch` that is leased by the reporting node and is not an
-/// inventory, in one statement; returns those finished by id. A task reported twice in
-/// one batch is finished once, and its second report takes the path for repeats.
-async fn finish_leased(store: &Store, batch: &[ResultWrite]) -> Result<HashMap<String, NodeTask>, InventoryError> {
-    let sql = format!(
-        "WITH reported (reported_id, reported_node, reported_status, reported_result, reported_error, reported_at) \
-         AS (VALUES {}) \
-         UPDATE node_tasks SET status = reported_status, result = reported_result, \
-         error = CAST(reported_error AS TEXT), completed_at = CAST(reported_at AS BIGINT) FROM reported \
-         WHERE id = reported_id AND node_id = reported_node AND status = 'leased' AND task_type <> '{}' \
-         RETURNING {TASK_COLUMNS}",
-        gpuaas_store::value_rows(1, batch.len(), 6),
-        TaskType::NodeInventory.as_str()
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for write in batch {
-        query = query
-            .bind(write.task_id.clone())
-            .bind(write.node_id.clone())
-            .bind(write.status.as_str())
-            .bind(write.output.clone())
-            .bind(write.error.clone())
-            .bind(write.completed_at);
-    }
-    let mut one = store.one_write().await?;
-    let rows = query.fetch_all(&mut *one).await?;
-    one.finish().await?;
-    let mut finished = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let task = task_from_row(row)?;
-        finished.insert(task.id.clone(), task);
-    }
-    Ok(finished)
 }
