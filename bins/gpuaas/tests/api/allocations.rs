@@ -111,6 +111,16 @@ async fn free_count_drift(app: &TestApp) -> i64 {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// How many `revoke_user` tasks were ever queued for the allocation `id`.
+async fn revoke_tasks(app: &TestApp, id: &str) -> i64 {
+    gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM node_tasks WHERE task_type = $1 AND params LIKE $2")
+        .bind(TaskType::RevokeUser.as_str())
+        .bind(format!("%{id}%"))
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn set_policy(app: &TestApp, key: gpuaas_policy::PolicyKey<i64>, value: i64) {
     app.policy.set(key, &value).await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -354,8 +364,11 @@ async fn failed_provisioning_frees_gpus_and_failed_releases_can_be_retried(backe
     let listed = json(app.get("/api/v1/admin/allocations?status=release_failed", &world.admin).await, 200).await;
     assert_eq!(listed["items"][0]["id"], id.as_str());
 
-    // The user retries; it fails again; the operator force-releases and it completes.
+    // The user retries (the retry's commit queues a new revoke task, before any
+    // workflow pass); it fails again; the operator force-releases and it completes.
+    let revokes_before = revoke_tasks(&app, &id).await;
     json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    assert_eq!(revoke_tasks(&app, &id).await, revokes_before + 1);
     step(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     step(&app).await;

@@ -83,16 +83,16 @@ impl Allocations {
     /// The lock is the claim: a process killed mid-group takes its claim with it, and
     /// nothing but the step itself writes the row.
     pub async fn run_due(&self, limit: usize, parallel: usize) -> Result<RunReport, AllocationError> {
-        let limit = limit.max(1);
-        let per_group = limit.div_ceil(parallel.max(1)).clamp(1, MAX_GROUP);
+        let (limit, parallel) = (limit.max(1), parallel.max(1));
+        let per_group = limit.div_ceil(parallel).clamp(1, MAX_GROUP);
         let told = self.take_finished(limit);
         // Groups are opened for the work seen, no more: one allocation to step is one
         // transaction, not `parallel` of which all but one claim nothing. An idle
         // runner looks with one read and opens no transaction (on SQLite, takes no
         // writer's turn).
-        let room = (per_group * parallel.max(1)).saturating_sub(told.len());
+        let room = (per_group * parallel).saturating_sub(told.len());
         let mut due = if room > 0 { self.due_count(room).await? } else { 0 };
-        let groups = (told.len() + due).div_ceil(per_group).min(parallel.max(1));
+        let groups = (told.len() + due).div_ceil(per_group).min(parallel);
         if groups == 0 {
             return Ok(RunReport::default());
         }
@@ -131,14 +131,15 @@ impl Allocations {
     /// index (the order makes it an index scan; without it the planner may scan the
     /// table). Rows another runner holds are counted too; their groups claim less.
     async fn due_count(&self, most: usize) -> Result<usize, AllocationError> {
-        let due: Vec<i64> = sqlx::query_scalar(
-            "SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT $2",
+        let due: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 \
+             ORDER BY workflow_due_at LIMIT $2) AS due",
         )
         .bind(Timestamp::now().as_micros())
         .bind(i64::try_from(most).unwrap_or(i64::MAX))
-        .fetch_all(self.store().pool())
+        .fetch_one(self.store().pool())
         .await?;
-        Ok(due.len())
+        Ok(usize::try_from(due).unwrap_or(0))
     }
 
     /// One group: `told` (allocations whose task finished) and then as many due ones
@@ -203,10 +204,7 @@ impl Allocations {
         };
         let written = async {
             let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
-            if let Some(tasks) = &journal.tasks {
-                self.nodes().enqueue_queued_in(&mut tx, tasks).await?;
-            }
-            journal.flush(&mut tx).await?;
+            self.write_journal(&mut tx, &journal).await?;
             Ok::<_, AllocationError>(wake)
         }
         .await;
@@ -300,8 +298,7 @@ impl Allocations {
     ) -> Result<Vec<String>, AllocationError> {
         // A task only moves forward: a result that lands after this read is told again.
         let task_ids: Vec<&str> = claimed.iter().filter_map(|record| current_task(record)).collect();
-        let mut states =
-            if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(self.store(), &task_ids).await? };
+        let mut states = if task_ids.is_empty() { HashMap::new() } else { node_tasks::states(tx, &task_ids).await? };
         let checked_at = Timestamp::now();
         let (waiting, mut work): (Vec<Record>, Vec<Record>) = claimed.into_iter().partition(|record| {
             let task = current_task(record).and_then(|id| states.get(id));
@@ -655,11 +652,17 @@ impl Allocations {
             let step = Step { journal: &journal, timing: &timing, now, actor: change.actor };
             wake.extend(self.queue_release_attempt(tx, record, &step, 1, deadline).await?);
         }
+        self.write_journal(tx, &journal).await?;
+        Ok(wake)
+    }
+
+    /// Writes what `journal` kept, in the caller's transaction: the node tasks it
+    /// gathered (one statement), then everything else (see [`Journal::flush`]).
+    async fn write_journal(&self, tx: &mut Connection, journal: &Journal) -> Result<(), AllocationError> {
         if let Some(tasks) = &journal.tasks {
             self.nodes().enqueue_queued_in(tx, tasks).await?;
         }
-        journal.flush(tx).await?;
-        Ok(wake)
+        journal.flush(tx).await
     }
 
     async fn queue_revoke_task(

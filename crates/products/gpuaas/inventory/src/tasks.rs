@@ -229,9 +229,13 @@ pub struct TaskState {
     pub error: Option<String>,
 }
 
-/// The state of each of `task_ids` that exists, in one read (the workflow's runner
-/// looks at a whole claimed batch at once).
-pub async fn states(store: &Store, task_ids: &[&str]) -> Result<HashMap<String, TaskState>, InventoryError> {
+/// The state of each of `task_ids` that exists, in one read on `connection` (the
+/// workflow's runner looks at a whole claimed group at once, in the group's
+/// transaction).
+pub async fn states(
+    connection: &mut gpuaas_store::Connection,
+    task_ids: &[&str],
+) -> Result<HashMap<String, TaskState>, InventoryError> {
     let mut states = HashMap::with_capacity(task_ids.len());
     // Bounded IN lists: well under either engine's limit on parameters.
     for chunk in task_ids.chunks(500) {
@@ -241,7 +245,7 @@ pub async fn states(store: &Store, task_ids: &[&str]) -> Result<HashMap<String, 
         for id in chunk {
             query = query.bind(*id);
         }
-        for row in query.fetch_all(store.pool()).await? {
+        for row in query.fetch_all(&mut *connection).await? {
             let status: String = row.try_get("status")?;
             let status = TaskStatus::parse(&status).ok_or(InventoryError::Corrupt(status))?;
             states.insert(row.try_get("id")?, TaskState { status, error: row.try_get("error")? });
