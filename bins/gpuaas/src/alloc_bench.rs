@@ -34,6 +34,8 @@ pub struct AllocationBench {
     /// How often a client looks at its oldest allocation until it is active.
     pub poll: Duration,
     pub accrual_records: u32,
+    /// Database connections, the production pool's size unless chosen.
+    pub pool_size: u32,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -42,7 +44,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std::path::Path) -> anyhow::Result<()> {
     // SQLite has one writer: 64 clients queue for it far longer than the default wait.
-    let pool = PoolSettings { max_connections: 32, acquire_timeout: Duration::from_secs(300) };
+    let pool = PoolSettings { max_connections: settings.pool_size, acquire_timeout: Duration::from_secs(300) };
     let store = Store::connect(database_url, &pool).await?;
     store.migrate(&crate::migrations()).await?;
     let policy = PolicyClient::new(store.clone(), PolicyClient::DEFAULT_CACHE_TTL);
@@ -118,9 +120,10 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         .collect();
     to_active.sort();
     println!(
-        "allocations on {}: {} clients for {:.0} s over {} nodes × {} GPUs (service layer, in process; \
-         each client holds {}, looks at its oldest every {} ms)",
+        "allocations on {} ({} connections): {} clients for {:.0} s over {} nodes × {} GPUs (service layer, \
+         in process; each client holds {}, looks at its oldest every {} ms)",
         store.dialect().name(),
+        settings.pool_size,
         settings.clients,
         run_seconds,
         settings.nodes,

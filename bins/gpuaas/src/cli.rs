@@ -150,6 +150,9 @@ pub enum BenchCommand {
         poll_ms: u64,
         #[arg(long, default_value_t = 10_000)]
         accrual_records: u32,
+        /// Database connections (default: the pool `gpuaas up` opens).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+        pool_size: Option<u32>,
     },
 }
 
@@ -198,6 +201,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             per_client,
             poll_ms,
             accrual_records,
+            pool_size,
         }) => {
             let settings = crate::alloc_bench::AllocationBench {
                 nodes,
@@ -207,6 +211,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 per_client,
                 poll: std::time::Duration::from_millis(poll_ms),
                 accrual_records,
+                pool_size: pool_size.unwrap_or(gpuaas_store::PoolSettings::default().max_connections),
             };
             bench_allocations(database_url, settings).await
         }

@@ -94,6 +94,10 @@ impl From<sqlx::Error> for PolicyError {
     }
 }
 
+fn non_negative(key: PolicyKey<i64>, value: i64) -> Result<u64, PolicyError> {
+    u64::try_from(value).map_err(|_| PolicyError::Invalid { key: key.name, reason: "must not be negative".into() })
+}
+
 /// Reads policy values with a short cache: a change reaches every process within the
 /// cache lifetime without a query per request.
 #[derive(Clone)]
@@ -117,18 +121,12 @@ impl PolicyClient {
 
     /// A whole-seconds policy value as a duration; negative values are refused.
     pub async fn get_duration_secs(&self, key: PolicyKey<i64>) -> Result<Duration, PolicyError> {
-        let seconds = self.get(key).await?;
-        u64::try_from(seconds)
-            .map(Duration::from_secs)
-            .map_err(|_| PolicyError::Invalid { key: key.name, reason: "must not be negative".into() })
+        non_negative(key, self.get(key).await?).map(Duration::from_secs)
     }
 
     /// A milliseconds policy value as a duration; negative values are refused.
     pub async fn get_duration_ms(&self, key: PolicyKey<i64>) -> Result<Duration, PolicyError> {
-        let millis = self.get(key).await?;
-        u64::try_from(millis)
-            .map(Duration::from_millis)
-            .map_err(|_| PolicyError::Invalid { key: key.name, reason: "must not be negative".into() })
+        non_negative(key, self.get(key).await?).map(Duration::from_millis)
     }
 
     /// Writes a value (operator change) and drops this process's cached copy.
@@ -148,15 +146,51 @@ impl PolicyClient {
         Ok(())
     }
 
-    async fn raw(&self, name: &'static str) -> Result<serde_json::Value, PolicyError> {
-        if let Some((fetched_at, value)) = self.cache.lock().await.get(name)
-            && fetched_at.elapsed() < self.cache_ttl
-        {
-            return Ok(value.clone());
+    /// [`Self::get`] for code that holds a transaction: a value not cached is read on
+    /// `connection`. Read from the pool, it would wait for a second connection while
+    /// holding one, and a pool full of such callers waits on itself.
+    pub async fn get_in<T: DeserializeOwned>(
+        &self,
+        connection: &mut gpuaas_store::Connection,
+        key: PolicyKey<T>,
+    ) -> Result<T, PolicyError> {
+        let raw = match self.cached(key.name).await {
+            Some(value) => value,
+            None => self.fetch(&mut *connection, key.name).await?,
+        };
+        serde_json::from_value(raw).map_err(|error| PolicyError::Invalid { key: key.name, reason: error.to_string() })
+    }
+
+    /// [`Self::get_duration_secs`] on the caller's connection (see [`Self::get_in`]).
+    pub async fn get_duration_secs_in(
+        &self,
+        connection: &mut gpuaas_store::Connection,
+        key: PolicyKey<i64>,
+    ) -> Result<Duration, PolicyError> {
+        non_negative(key, self.get_in(connection, key).await?).map(Duration::from_secs)
+    }
+
+    async fn cached(&self, name: &'static str) -> Option<serde_json::Value> {
+        match self.cache.lock().await.get(name) {
+            Some((fetched_at, value)) if fetched_at.elapsed() < self.cache_ttl => Some(value.clone()),
+            _ => None,
         }
+    }
+
+    async fn raw(&self, name: &'static str) -> Result<serde_json::Value, PolicyError> {
+        match self.cached(name).await {
+            Some(value) => Ok(value),
+            None => self.fetch(self.store.pool(), name).await,
+        }
+    }
+
+    async fn fetch<'e, E>(&self, executor: E, name: &'static str) -> Result<serde_json::Value, PolicyError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
         let row = sqlx::query("SELECT value FROM policy_values WHERE key = $1")
             .bind(name)
-            .fetch_optional(self.store.pool())
+            .fetch_optional(executor)
             .await?
             .ok_or(PolicyError::Missing(name))?;
         let text: String = row.try_get("value")?;

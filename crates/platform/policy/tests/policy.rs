@@ -53,7 +53,25 @@ async fn missing_and_mistyped_values_are_errors(backend: Backend) {
     assert!(matches!(policy.get_duration_secs(keys::IDEMPOTENCY_TTL_SECONDS).await, Err(PolicyError::Invalid { .. })));
 }
 
+/// A caller inside a transaction on a pool of one connection: reading from the pool
+/// would wait for the connection it holds itself.
+async fn a_read_in_a_transaction_uses_its_connection(backend: Backend) {
+    let (database, migrated) = setup(backend).await;
+    migrated.close().await;
+    let pool = PoolSettings { max_connections: 1, acquire_timeout: Duration::from_millis(500) };
+    let store = Store::connect(&database.url, &pool).await.unwrap_or_else(|e| panic!("{e}"));
+    let policy = PolicyClient::new(store.clone(), Duration::ZERO);
+    let mut tx = store.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(policy.get(keys::OUTBOX_MAX_ATTEMPTS).await.is_err(), "the pool's one connection is taken");
+    assert_eq!(policy.get_in(&mut tx, keys::OUTBOX_MAX_ATTEMPTS).await.unwrap_or_else(|e| panic!("{e}")), 10);
+    let ttl =
+        policy.get_duration_secs_in(&mut tx, keys::IDEMPOTENCY_TTL_SECONDS).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(ttl > Duration::ZERO);
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
 gpuaas_testkit::both_backends!(
+    a_read_in_a_transaction_uses_its_connection,
     every_key_is_seeded_and_typed,
     cached_values_expire_and_writes_invalidate,
     missing_and_mistyped_values_are_errors,

@@ -998,8 +998,8 @@ impl Allocations {
         at: Timestamp,
         correlation_id: &str,
     ) -> Result<(), AllocationError> {
-        let window: i64 = self.policy().get(keys::BILLING_WINDOW_SECONDS).await?;
-        let checkpoint_every: i64 = self.policy().get(keys::BILLING_CHECKPOINT_EVERY).await?;
+        let window: i64 = self.policy().get_in(connection, keys::BILLING_WINDOW_SECONDS).await?;
+        let checkpoint_every: i64 = self.policy().get_in(connection, keys::BILLING_CHECKPOINT_EVERY).await?;
         gpuaas_billing::accrual::close_usage(
             connection,
             self.store().dialect(),

@@ -322,8 +322,8 @@ impl NodePlane {
         id: &str,
     ) -> Result<(), InventoryError> {
         task.validate().map_err(|message| InventoryError::invalid("params", message))?;
-        let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
-        let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
+        let ttl = self.policy().get_duration_secs_in(connection, keys::NODES_TASK_TTL_SECONDS).await?;
+        let max_attempts: i64 = self.policy().get_in(connection, keys::NODES_TASK_MAX_ATTEMPTS).await?;
         let now = Timestamp::now();
         let params = task.params().to_string();
         let dialect = self.store().dialect();
@@ -382,8 +382,8 @@ impl NodePlane {
         if tasks.is_empty() {
             return Ok(());
         }
-        let ttl = self.policy().get_duration_secs(keys::NODES_TASK_TTL_SECONDS).await?;
-        let max_attempts: i64 = self.policy().get(keys::NODES_TASK_MAX_ATTEMPTS).await?;
+        let ttl = self.policy().get_duration_secs_in(connection, keys::NODES_TASK_TTL_SECONDS).await?;
+        let max_attempts: i64 = self.policy().get_in(connection, keys::NODES_TASK_MAX_ATTEMPTS).await?;
         let now = Timestamp::now();
         let mut created_at = now.as_micros();
         let lock = match self.store().dialect() {
