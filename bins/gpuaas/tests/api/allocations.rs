@@ -627,7 +627,7 @@ async fn racing_releases_are_each_answered_as_if_alone(backend: Backend) {
     for (table, condition, expected) in [
         ("audit_logs", "action = 'allocation.release'", 6),
         ("outbox_events", "subject = 'gpuaas.provisioning.releasing.requested'", 6),
-        ("allocation_transitions", "to_status = 'releasing'", 6),
+        ("allocations", "status = 'releasing' AND transitions LIKE '%\"to\":\"releasing\"%'", 6),
     ] {
         let count: i64 = gpuaas_store::sqlx::query_scalar(gpuaas_store::sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {table} WHERE {condition}"
@@ -746,4 +746,71 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
         step(&app).await;
     }
     assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
+}
+
+gpuaas_testkit::both_backends!(transitions_kept_in_their_own_table_move_into_their_rows);
+/// An installation with transitions in their own table keeps them, in order and with
+/// who and why, when they move into their allocations' rows.
+async fn transitions_kept_in_their_own_table_move_into_their_rows(backend: Backend) {
+    const MOVE: i64 = 2026120220;
+    let database = gpuaas_testkit::TestDatabase::create(backend).await;
+    let store = gpuaas_store::Store::connect(&database.url, &gpuaas_store::PoolSettings::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before: Vec<_> = gpuaas::migrations().into_iter().filter(|migration| migration.version < MOVE).collect();
+    store.migrate(&before).await.unwrap_or_else(|e| panic!("{e}"));
+    for id in ["a-moved", "a-untouched"] {
+        gpuaas_store::sqlx::query(
+            "INSERT INTO allocations (id, tenant_id, project_id, user_id, sku_id, gpu_count, status, node_id, \
+             gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
+             price_per_gpu_hour_minor, currency, correlation_id, created_at, updated_at) \
+             VALUES ($1, 't', 'p', 'u', 's', 1, 'provisioning', 'n', '[0]', 'h', 'ga_x', '[]', '[]', 1000, 1, 1, \
+             'USD', 'c', 1, 2)",
+        )
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Written out of order: the move orders them by time.
+    for (id, from, to, reason, at) in
+        [("t2", Some("requested"), "provisioning", Some("started"), 20_i64), ("t1", None, "requested", None, 10)]
+    {
+        gpuaas_store::sqlx::query(
+            "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, \
+             correlation_id, at) VALUES ($1, 'a-moved', $2, $3, 'alice', $4, 'corr', $5)",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(reason)
+        .bind(at)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
+    let stored = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let text: String = gpuaas_store::sqlx::query_scalar("SELECT transitions FROM allocations WHERE id = $1")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        }
+    };
+    assert_eq!(
+        stored("a-moved").await,
+        json!([
+            {"from": null, "to": "requested", "actor": "alice", "reason": null, "correlation_id": "corr", "at": 10},
+            {"from": "requested", "to": "provisioning", "actor": "alice", "reason": "started",
+             "correlation_id": "corr", "at": 20},
+        ])
+    );
+    assert_eq!(stored("a-untouched").await, json!([]));
+    let table_left: Result<i64, _> =
+        gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM allocation_transitions").fetch_one(store.pool()).await;
+    assert!(table_left.is_err(), "the old table is gone");
 }

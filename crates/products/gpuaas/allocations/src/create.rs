@@ -16,8 +16,8 @@ use gpuaas_store::sqlx::{self, Row as _};
 use gpuaas_store::{Connection, Dialect, GroupCommit};
 
 use crate::service::{
-    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, live_list, record_from_row, to_json,
-    username_for, validate_text,
+    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, created_transition, live_list,
+    record_from_row, to_json, transitions_json, username_for, validate_text,
 };
 use crate::ssh_keys::{SshKey, keys_by_id, owned_keys};
 use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations, NewAllocation};
@@ -266,7 +266,7 @@ impl Allocations {
             let request = &requests[pass.index];
             let record =
                 records.get(&pass.id).ok_or_else(|| AllocationError::Corrupt(format!("{} not inserted", pass.id)))?;
-            journal.record_created(record, &request.actor, now)?;
+            journal.record_created(record, &request.actor)?;
             audit.push(request.actor.entry(
                 "allocation.create",
                 self.resource_id(&pass.id),
@@ -419,9 +419,9 @@ async fn insert_allocations(
         let sql = format!(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
              gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
-             price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at) \
-             VALUES {} RETURNING {COLUMNS}",
-            gpuaas_store::value_rows(1, chunk.len(), 22)
+             price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at, \
+             transitions) VALUES {} RETURNING {COLUMNS}",
+            gpuaas_store::value_rows(1, chunk.len(), 23)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for pass in chunk {
@@ -456,7 +456,8 @@ async fn insert_allocations(
                 // Due for its first workflow step at once; created and updated now.
                 .bind(now.as_micros())
                 .bind(now.as_micros())
-                .bind(now.as_micros());
+                .bind(now.as_micros())
+                .bind(transitions_json(&[created_transition(&request.actor, now)])?);
         }
         for row in query.fetch_all(&mut *connection).await? {
             let record = record_from_row(&row)?;

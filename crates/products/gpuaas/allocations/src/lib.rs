@@ -3,7 +3,7 @@
 //! provisions and releases it through signed node tasks, metering hand-offs to billing,
 //! and reconciliation against what nodes report.
 //!
-//! This crate owns `ssh_keys`, `allocations`, `allocation_transitions` and
+//! This crate owns `ssh_keys`, `allocations` (each with its transitions) and
 //! `reconciliation_findings`. It reserves slots and queues tasks only through the
 //! inventory crate and posts money only through the billing crate. It must never store
 //! a private key, never let two allocations hold one GPU slot, never change an
@@ -52,6 +52,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "drop_workflow_lease",
         sqlite: include_str!("../migrations/2026120200_drop_workflow_lease.sql"),
         postgres: include_str!("../migrations/2026120200_drop_workflow_lease.sql"),
+    },
+    Migration {
+        version: 2026120220,
+        name: "transitions_in_row",
+        sqlite: include_str!("../migrations/2026120220_transitions_in_row.sqlite.sql"),
+        postgres: include_str!("../migrations/2026120220_transitions_in_row.postgres.sql"),
     },
 ];
 

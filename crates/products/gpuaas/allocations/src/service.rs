@@ -5,7 +5,7 @@
 use gpuaas_billing::UsageRecord;
 use gpuaas_events::EventEnvelope;
 use gpuaas_inventory::slots;
-use gpuaas_kernel::{Cursor, Timestamp, new_id};
+use gpuaas_kernel::{Cursor, Timestamp};
 use gpuaas_policy::keys;
 use gpuaas_store::sqlx::{self, Row as _};
 use gpuaas_store::{Connection, Dialect, Row};
@@ -135,7 +135,7 @@ pub(crate) const COLUMNS: &str = "id, tenant_id, project_id, user_id, name, sku_
      gpu_indices, ssh_host, ssh_username, authorized_keys, cpu_millicores, memory_bytes, price_per_gpu_hour_minor, \
      currency, failure_reason, correlation_id, workflow_attempts, workflow_deadline, provision_task_id, \
      release_task_id, created_at, updated_at, provisioning_at, active_at, releasing_at, released_at, failed_at, \
-     release_failed_at";
+     release_failed_at, transitions";
 
 fn time(row: &Row, column: &str) -> Result<Option<Timestamp>, AllocationError> {
     Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_micros))
@@ -144,6 +144,65 @@ fn time(row: &Row, column: &str) -> Result<Option<Timestamp>, AllocationError> {
 fn json_list<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> Result<Vec<T>, AllocationError> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|error| AllocationError::Corrupt(format!("{column}: {error}")))
+}
+
+/// A transition as its allocation's `transitions` column keeps it: a JSON array,
+/// oldest first, written with the status change it records (ADR 017).
+#[derive(Serialize, serde::Deserialize)]
+struct StoredTransition {
+    from: Option<String>,
+    to: String,
+    actor: String,
+    reason: Option<String>,
+    correlation_id: String,
+    at: i64,
+}
+
+/// `transitions` as the `transitions` column stores them.
+pub(crate) fn transitions_json(transitions: &[Transition]) -> Result<String, AllocationError> {
+    let stored: Vec<StoredTransition> = transitions
+        .iter()
+        .map(|transition| StoredTransition {
+            from: transition.from.map(|status| status.as_str().to_owned()),
+            to: transition.to.as_str().to_owned(),
+            actor: transition.actor.clone(),
+            reason: transition.reason.clone(),
+            correlation_id: transition.correlation_id.clone(),
+            at: transition.at.as_micros(),
+        })
+        .collect();
+    to_json(&stored)
+}
+
+fn transitions_from_row(row: &Row) -> Result<Vec<Transition>, AllocationError> {
+    let parse = |text: &str| {
+        AllocationStatus::parse(text).ok_or_else(|| AllocationError::Corrupt(format!("transition status {text}")))
+    };
+    json_list::<StoredTransition>(row, "transitions")?
+        .into_iter()
+        .map(|stored| {
+            Ok(Transition {
+                from: stored.from.as_deref().map(parse).transpose()?,
+                to: parse(&stored.to)?,
+                actor: stored.actor,
+                reason: stored.reason,
+                correlation_id: stored.correlation_id,
+                at: Timestamp::from_micros(stored.at),
+            })
+        })
+        .collect()
+}
+
+/// The first transition of an allocation created by `actor` at `at`.
+pub(crate) fn created_transition(actor: &Actor, at: Timestamp) -> Transition {
+    Transition {
+        from: None,
+        to: AllocationStatus::Requested,
+        actor: actor.id.clone(),
+        reason: None,
+        correlation_id: actor.correlation_id.clone(),
+        at,
+    }
 }
 
 pub(crate) fn record_from_row(row: &Row) -> Result<Record, AllocationError> {
@@ -188,7 +247,7 @@ pub(crate) fn record_from_row(row: &Row) -> Result<Record, AllocationError> {
         released_at: time(row, "released_at")?,
         failed_at: time(row, "failed_at")?,
         release_failed_at: time(row, "release_failed_at")?,
-        transitions: None,
+        transitions: Some(transitions_from_row(row)?),
     };
     Ok(Record {
         view,
@@ -285,7 +344,7 @@ pub(crate) async fn apply_journaled(
     };
     let now = Timestamp::now();
     if journal.batched.is_some() {
-        let columns = columns_set(change.map(|change| (to, change)), sets, now);
+        let columns = columns_set(record, change.map(|change| (to, change)), sets, now)?;
         if !columns.is_empty() {
             journal.update(&record.view.id, from.as_str(), columns);
         }
@@ -295,7 +354,7 @@ pub(crate) async fn apply_journaled(
         };
     }
     // Placeholders: $1 id, $2 the status read, then the columns set.
-    let (assignments, values) = assignments(change.map(|change| (to, change)), sets, now, 3);
+    let (assignments, values) = assignments(record, change.map(|change| (to, change)), sets, now, 3)?;
     if assignments.is_empty() {
         return Ok(());
     }
@@ -322,38 +381,18 @@ pub(crate) async fn apply_many(
 ) -> Result<(), AllocationError> {
     let Some((_, first)) = changes.first() else { return Ok(()) };
     let (to, reason) = (first.to, failure_reason(first.to, first));
-    let mut from: Vec<&'static str> = Vec::new();
+    let now = Timestamp::now();
+    let mut updates = Vec::with_capacity(changes.len());
     for (record, change) in changes.iter() {
         if change.to != to || failure_reason(change.to, change) != reason {
             return Err(AllocationError::Corrupt("one UPDATE cannot make different changes".into()));
         }
-        record.view.status.transition(to)?;
-        from.push(record.view.status.as_str());
+        let from = record.view.status.transition(to).map(|_| record.view.status)?;
+        // Each row's own history, so the rows set the same columns to their own values.
+        let columns = columns_set(record, Some((to, change)), sets.clone(), now)?;
+        updates.push(RowUpdate { id: record.view.id.clone(), from: from.as_str(), columns });
     }
-    from.sort_unstable();
-    from.dedup();
-    let now = Timestamp::now();
-    let (assignments, values) = assignments(Some((to, first)), sets, now, 1);
-    let mut next = values.len();
-    let mut placeholders = |count: usize| {
-        let list = gpuaas_store::placeholders(next + 1, count);
-        next += count;
-        list
-    };
-    let ids = placeholders(changes.len());
-    let statuses = placeholders(from.len());
-    let sql =
-        format!("UPDATE allocations SET {} WHERE id IN ({ids}) AND status IN ({statuses})", assignments.join(", "));
-    let mut query = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), values);
-    for (record, _) in changes.iter() {
-        query = query.bind(record.view.id.clone());
-    }
-    for status in from {
-        query = query.bind(status);
-    }
-    if query.execute(&mut *connection).await?.rows_affected() != changes.len() as u64 {
-        return Err(AllocationError::Conflict("an allocation changed meanwhile; try again".into()));
-    }
+    write_updates(connection, updates).await?;
     for (record, change) in changes.iter_mut() {
         journal_change(record, to, change, now, journal)?;
     }
@@ -363,20 +402,27 @@ pub(crate) async fn apply_many(
 /// The SET list of a status change (to `to`, when there is one) and of `sets`, with
 /// placeholders numbered from `first`, and the values to bind to them in order.
 fn assignments(
+    record: &Record,
     change: Option<(AllocationStatus, &Change<'_>)>,
     sets: Sets,
     now: Timestamp,
     first: usize,
-) -> (Vec<String>, Vec<Value>) {
-    let columns = columns_set(change, sets, now);
+) -> Result<(Vec<String>, Vec<Value>), AllocationError> {
+    let columns = columns_set(record, change, sets, now)?;
     let assignments =
         columns.iter().enumerate().map(|(index, (column, _))| format!("{column} = ${}", index + first)).collect();
-    (assignments, columns.into_iter().map(|(_, value)| value).collect())
+    Ok((assignments, columns.into_iter().map(|(_, value)| value).collect()))
 }
 
-/// The columns a status change (to `to`, when there is one) and `sets` write, with
-/// their values, in order.
-fn columns_set(change: Option<(AllocationStatus, &Change<'_>)>, sets: Sets, now: Timestamp) -> Vec<(String, Value)> {
+/// The columns a status change of `record` (to `to`, when there is one) and `sets`
+/// write, with their values, in order. A change writes the row's whole history with
+/// its transition added (the caller holds the row, so the history read is current).
+fn columns_set(
+    record: &Record,
+    change: Option<(AllocationStatus, &Change<'_>)>,
+    sets: Sets,
+    now: Timestamp,
+) -> Result<Vec<(String, Value)>, AllocationError> {
     let mut columns = Vec::new();
     if let Some((to, change)) = change {
         columns.push(("status".into(), Value::Text(Some(to.as_str().to_owned()))));
@@ -385,9 +431,34 @@ fn columns_set(change: Option<(AllocationStatus, &Change<'_>)>, sets: Sets, now:
         if let Some(reason) = failure_reason(to, change) {
             columns.push(("failure_reason".into(), Value::Text(Some(reason.to_owned()))));
         }
+        let mut history = history(record)?.to_vec();
+        history.push(next_transition(record, to, change, now));
+        columns.push(("transitions".into(), Value::Text(Some(transitions_json(&history)?))));
     }
     columns.extend(sets.into_iter().map(|(column, value)| (column.to_owned(), value)));
-    columns
+    Ok(columns)
+}
+
+/// The transitions read with `record`'s row. Rows are always read with them; a record
+/// without them would have its history overwritten, so it is refused.
+fn history(record: &Record) -> Result<&[Transition], AllocationError> {
+    record
+        .view
+        .transitions
+        .as_deref()
+        .ok_or_else(|| AllocationError::Corrupt(format!("{} was read without its transitions", record.view.id)))
+}
+
+/// The transition a change of `record` to `to` at `now` records.
+fn next_transition(record: &Record, to: AllocationStatus, change: &Change<'_>, now: Timestamp) -> Transition {
+    Transition {
+        from: Some(record.view.status),
+        to,
+        actor: change.actor.id.clone(),
+        reason: change.reason.map(str::to_owned),
+        correlation_id: change.actor.correlation_id.clone(),
+        at: now,
+    }
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -423,19 +494,9 @@ fn journal_change(
         }
         None => None,
     };
-    journal.record(
-        TransitionRow {
-            id: new_id().to_string(),
-            allocation_id: record.view.id.clone(),
-            from: Some(from.as_str()),
-            to: to.as_str(),
-            actor: change.actor.id.clone(),
-            reason: change.reason.map(str::to_owned),
-            correlation_id: change.actor.correlation_id.clone(),
-            at: now.as_micros(),
-        },
-        event,
-    );
+    let transition = next_transition(record, to, change, now);
+    record.view.transitions.get_or_insert_with(Vec::new).push(transition);
+    journal.record(event);
     let view = &mut record.view;
     view.status = to;
     view.updated_at = now;
@@ -455,21 +516,7 @@ fn journal_change(
     Ok(())
 }
 
-/// One `allocation_transitions` row waiting in a [`Journal`].
-#[derive(Debug)]
-struct TransitionRow {
-    id: String,
-    allocation_id: String,
-    /// `None` for the first, `requested`.
-    from: Option<&'static str>,
-    to: &'static str,
-    actor: String,
-    reason: Option<String>,
-    correlation_id: String,
-    at: i64,
-}
-
-/// Transitions and their events recorded by [`apply_journaled`] and not yet written.
+/// Events recorded by [`apply_journaled`] and not yet written.
 /// Only touched between awaits (never held across one), hence a plain mutex.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
@@ -487,7 +534,6 @@ pub(crate) struct Journal {
 
 #[derive(Debug, Default)]
 struct Pending {
-    transitions: Vec<TransitionRow>,
     events: Vec<EventEnvelope>,
     /// Row updates of a batched journal, one per allocation, in the order first made.
     updates: Vec<RowUpdate>,
@@ -505,8 +551,6 @@ struct RowUpdate {
     columns: Vec<(String, Value)>,
 }
 
-/// Transition rows per INSERT (8 parameters each).
-const TRANSITIONS_PER_INSERT: usize = 100;
 /// Allocation rows per batched UPDATE.
 const UPDATES_PER_STATEMENT: usize = 100;
 
@@ -558,9 +602,9 @@ impl Journal {
         true
     }
 
-    /// The first transition of a new allocation (`→ requested`) and its
-    /// `gpuaas.provisioning.requested` event.
-    pub(crate) fn record_created(&self, record: &Record, actor: &Actor, at: Timestamp) -> Result<(), AllocationError> {
+    /// The `gpuaas.provisioning.requested` event of a new allocation (its first
+    /// transition is inserted with its row).
+    pub(crate) fn record_created(&self, record: &Record, actor: &Actor) -> Result<(), AllocationError> {
         let requested = lifecycle_event(
             record,
             events::PROVISIONING_REQUESTED,
@@ -569,54 +613,20 @@ impl Journal {
             None,
             &actor.correlation_id,
         )?;
-        self.record(
-            TransitionRow {
-                id: new_id().to_string(),
-                allocation_id: record.view.id.clone(),
-                from: None,
-                to: AllocationStatus::Requested.as_str(),
-                actor: actor.id.clone(),
-                reason: None,
-                correlation_id: actor.correlation_id.clone(),
-                at: at.as_micros(),
-            },
-            Some(requested),
-        );
+        self.record(Some(requested));
         Ok(())
     }
 
-    fn record(&self, transition: TransitionRow, event: Option<EventEnvelope>) {
-        let mut pending = self.lock_pending();
-        pending.transitions.push(transition);
-        pending.events.extend(event);
+    fn record(&self, event: Option<EventEnvelope>) {
+        self.lock_pending().events.extend(event);
     }
 
     /// Writes what was recorded, in order, on `connection` (the transaction that made
-    /// the changes): row updates, transitions, events, usage opened and closed, and
-    /// last the freed GPUs' nodes.
+    /// the changes): row updates (with their transitions), events, usage opened and
+    /// closed, and last the freed GPUs' nodes.
     pub(crate) async fn flush(&self, connection: &mut Connection) -> Result<(), AllocationError> {
-        let Pending { transitions, events, updates, opened, closed } = std::mem::take(&mut *self.lock_pending());
+        let Pending { events, updates, opened, closed } = std::mem::take(&mut *self.lock_pending());
         write_updates(connection, updates).await?;
-        for chunk in transitions.chunks(TRANSITIONS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO allocation_transitions (id, allocation_id, from_status, to_status, actor, reason, \
-                 correlation_id, at) VALUES {}",
-                gpuaas_store::value_rows(1, chunk.len(), 8)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
-                query = query
-                    .bind(row.id.clone())
-                    .bind(row.allocation_id.clone())
-                    .bind(row.from)
-                    .bind(row.to)
-                    .bind(row.actor.clone())
-                    .bind(row.reason.clone())
-                    .bind(row.correlation_id.clone())
-                    .bind(row.at);
-            }
-            query.execute(&mut *connection).await?;
-        }
         gpuaas_outbox::enqueue_many(connection, &events).await?;
         if !opened.is_empty() {
             let records: Vec<gpuaas_billing::NewUsageRecord<'_>> =
@@ -764,15 +774,14 @@ impl Allocations {
         views.pop().ok_or(AllocationError::NotFound("allocation"))
     }
 
-    /// `views` with their transitions and cost so far, read for all of them at once.
+    /// `views` (read with their transitions) with their cost so far, read for all of
+    /// them at once.
     pub(crate) async fn full_views(&self, mut views: Vec<Allocation>) -> Result<Vec<Allocation>, AllocationError> {
         let ids: Vec<&str> = views.iter().map(|view| view.id.as_str()).collect();
-        let mut transitions = self.transitions_of(&ids).await?;
         let usage = gpuaas_billing::usage_for_allocations(self.store(), &ids).await?;
         let now = Timestamp::now();
         for view in &mut views {
             view.accrued_cost_minor = accrued(usage.get(&view.id), now);
-            view.transitions = Some(transitions.remove(&view.id).unwrap_or_default());
         }
         Ok(views)
     }
@@ -785,42 +794,6 @@ impl Allocations {
             .await?;
         let status = status.ok_or(AllocationError::NotFound("allocation"))?;
         AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))
-    }
-
-    /// Each allocation's transitions, oldest first.
-    async fn transitions_of(
-        &self,
-        allocation_ids: &[&str],
-    ) -> Result<std::collections::HashMap<String, Vec<Transition>>, AllocationError> {
-        let mut found: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
-        if allocation_ids.is_empty() {
-            return Ok(found);
-        }
-        let placeholders = gpuaas_store::placeholders(1, allocation_ids.len());
-        let sql = format!(
-            "SELECT allocation_id, from_status, to_status, actor, reason, correlation_id, at FROM allocation_transitions \
-             WHERE allocation_id IN ({}) ORDER BY at, id",
-            placeholders
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in allocation_ids {
-            query = query.bind(*id);
-        }
-        let parse = |text: String| {
-            AllocationStatus::parse(&text).ok_or_else(|| AllocationError::Corrupt(format!("status {text}")))
-        };
-        for row in query.fetch_all(self.store().pool()).await? {
-            let transition = Transition {
-                from: row.try_get::<Option<String>, _>("from_status")?.map(parse).transpose()?,
-                to: parse(row.try_get("to_status")?)?,
-                actor: row.try_get("actor")?,
-                reason: row.try_get("reason")?,
-                correlation_id: row.try_get("correlation_id")?,
-                at: Timestamp::from_micros(row.try_get("at")?),
-            };
-            found.entry(row.try_get("allocation_id")?).or_default().push(transition);
-        }
-        Ok(found)
     }
 
     /// Allocations newest first, filtered by status and (for users) tenant.
@@ -881,6 +854,8 @@ impl Allocations {
         let now = Timestamp::now();
         for item in &mut items {
             item.accrued_cost_minor = estimated(item, now);
+            // Lists stay light: transitions are for single reads.
+            item.transitions = None;
         }
         Ok(AllocationPage { items, next_cursor })
     }
@@ -1052,8 +1027,8 @@ mod tests {
 
     #[test]
     fn usernames_are_valid_posix_names_and_differ_per_allocation() {
-        let a = username_for(&new_id().to_string());
-        let b = username_for(&new_id().to_string());
+        let a = username_for(&gpuaas_kernel::new_id().to_string());
+        let b = username_for(&gpuaas_kernel::new_id().to_string());
         assert_ne!(a, b);
         for name in [&a, &b] {
             assert!(gpuaas_nodeagent_protocol::tasks::is_valid_username(name), "{name}");
