@@ -211,11 +211,27 @@ pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
     (0..rows).map(|row| format!("({})", placeholders(first + row * columns, columns))).collect::<Vec<_>>().join(", ")
 }
 
+/// Prepared statements each PostgreSQL connection keeps, unless the URL sets
+/// `statement-cache-capacity`. Batched statements take one text per batch size, so
+/// the platform's hot path alone has a few hundred; with the driver's default of 100 a
+/// connection kept preparing statements again and planning them as new (ADR 017).
+pub const POSTGRES_STATEMENT_CACHE: usize = 1024;
+
+/// `url` with [`POSTGRES_STATEMENT_CACHE`] added for PostgreSQL when it sets no cache
+/// size of its own.
+fn with_statement_cache(url: &str, dialect: Dialect) -> String {
+    if dialect != Dialect::Postgres || url.contains("statement-cache-capacity=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}statement-cache-capacity={POSTGRES_STATEMENT_CACHE}")
+}
+
 impl Store {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let dialect = Dialect::from_url(url)?;
         INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let options = AnyConnectOptions::from_str(url)
+        let options = AnyConnectOptions::from_str(&with_statement_cache(url, dialect))
             .map_err(|source| StoreError::Connect { dialect: dialect.name(), source })?;
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -297,5 +313,20 @@ mod tests {
         assert_eq!(placeholders(1, 0), "");
         assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(value_rows(4, 2, 3), "($4, $5, $6), ($7, $8, $9)");
+    }
+
+    #[test]
+    fn postgres_urls_get_a_statement_cache_unless_they_set_one() {
+        assert_eq!(
+            with_statement_cache("postgres://u@h/db", Dialect::Postgres),
+            "postgres://u@h/db?statement-cache-capacity=1024"
+        );
+        assert_eq!(
+            with_statement_cache("postgres://u@h/db?sslmode=require", Dialect::Postgres),
+            "postgres://u@h/db?sslmode=require&statement-cache-capacity=1024"
+        );
+        let own = "postgres://u@h/db?statement-cache-capacity=50";
+        assert_eq!(with_statement_cache(own, Dialect::Postgres), own);
+        assert_eq!(with_statement_cache("sqlite:/tmp/x.db", Dialect::Sqlite), "sqlite:/tmp/x.db");
     }
 }
