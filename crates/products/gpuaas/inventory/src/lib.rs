@@ -61,6 +61,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120210_drop_duplicate_slot_index.sql"),
         postgres: include_str!("../migrations/2026120210_drop_duplicate_slot_index.sql"),
     },
+    Migration {
+        version: 2026120230,
+        name: "partial_task_indexes",
+        sqlite: include_str!("../migrations/2026120230_partial_task_indexes.sql"),
+        postgres: include_str!("../migrations/2026120230_partial_task_indexes.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.
