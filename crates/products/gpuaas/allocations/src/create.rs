@@ -1,9 +1,9 @@
 //! Creating allocations. Concurrent creates share a transaction (group commit): one
 //! batch reads every SKU, key, balance and cap it needs in a statement each, places
-//! all its allocations on GPU slots together, and writes them, their transitions,
-//! events and audit rows with one INSERT each. A lone create is a batch of one. The
-//! checks and their order are those of a single create, request by request, so a
-//! batch answers each one as it would have been answered alone.
+//! all its allocations on GPU slots together, and writes them (each with its first
+//! transition), their events and audit rows with one INSERT each. A lone create is a
+//! batch of one. The checks and their order are those of a single create, request by
+//! request, so a batch answers each one as it would have been answered alone.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -1,11 +1,12 @@
 //! Owners releasing their allocations. Concurrent releases share a transaction (group
 //! commit, as creates do): one statement locks every allocation of the batch, one
-//! UPDATE moves those that may go to `releasing` and names their first revoke task,
-//! and those tasks, transitions, events and audit rows are written with one INSERT
-//! each. The release phase thus starts in the owner's commit: the node's pull gets
-//! the task at once, with no workflow pass in between. Each request is answered as it would
-//! have been alone: a missing or foreign allocation is not found, one that cannot be
-//! released (already releasing, or released twice in one batch) is a conflict.
+//! UPDATE moves those that may go to `releasing` (each row with its transition) and
+//! names their first revoke task, and those tasks, events and audit rows are written
+//! with one INSERT each. The release phase thus starts in the owner's commit: the
+//! node's pull gets the task at once, with no workflow pass in between. Each request
+//! is answered as it would have been alone: a missing or foreign allocation is not
+//! found, one that cannot be released (already releasing, or released twice in one
+//! batch) is a conflict.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -635,8 +635,8 @@ impl Allocations {
     /// Moves each of `changes` to `releasing` and starts its release phase, in the
     /// caller's transaction: the first revoke task is queued in the same commit, as the
     /// runner's first step of the phase would queue it, so the node gets it without a
-    /// runner's pass in between. Rows, transitions, events and tasks are written
-    /// together at the end. Returns the nodes to wake once the transaction commits.
+    /// runner's pass in between. Rows (with their transitions), events and tasks are
+    /// written together at the end. Returns the nodes to wake once the transaction commits.
     pub(crate) async fn begin_releases(
         &self,
         tx: &mut Connection,
@@ -728,7 +728,7 @@ struct StepFailure {
 /// What one step knows besides the row: the pass's timing, the time it started and
 /// who it acts as.
 struct Step<'a> {
-    /// Where the step's transitions and events wait for the transaction's flush.
+    /// Where the step's row changes and events wait for the transaction's flush.
     journal: &'a Journal,
     timing: &'a Timing,
     now: Timestamp,
