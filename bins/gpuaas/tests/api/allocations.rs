@@ -814,3 +814,24 @@ async fn transitions_kept_in_their_own_table_move_into_their_rows(backend: Backe
         gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM allocation_transitions").fetch_one(store.pool()).await;
     assert!(table_left.is_err(), "the old table is gone");
 }
+
+gpuaas_testkit::both_backends!(a_whole_life_runs_on_a_pool_of_one_connection);
+/// No step of an allocation's life holds a connection while it waits for another: on a
+/// pool of one (and policy read on every use, as the test app does), a step that did
+/// would wait for itself until the acquire timeout and fail.
+async fn a_whole_life_runs_on_a_pool_of_one_connection(backend: Backend) {
+    let pool = gpuaas_store::PoolSettings { max_connections: 1, acquire_timeout: Duration::from_secs(3) };
+    let app = TestApp::spawn_with_pool(backend, pool).await;
+    let world = world(&app, 50_000).await;
+    let id = text(&create(&app, &world, 2).await["id"]);
+    step(&app).await;
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.provision_user"]);
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "active");
+    json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
+    step(&app).await;
+    let released = show(&app, &world.user, &id).await;
+    assert_eq!(released["status"], "released", "{released}");
+    assert_eq!(free_count_drift(&app).await, 0);
+}

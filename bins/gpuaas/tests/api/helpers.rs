@@ -43,18 +43,23 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: Router<AppState>) -> Self {
-        Self::spawn_inner(backend, extra, None, None).await
+        Self::spawn_inner(backend, extra, None, None, PoolSettings::default()).await
+    }
+
+    /// Like [`TestApp::spawn`], on a database pool of `pool`'s size and wait.
+    pub async fn spawn_with_pool(backend: Backend, pool: PoolSettings) -> Self {
+        Self::spawn_inner(backend, Router::new(), None, None, pool).await
     }
 
     /// Like [`TestApp::spawn`], serving the web portal from `portal_dir`.
     pub async fn spawn_with_portal(backend: Backend, portal_dir: &Path) -> Self {
-        Self::spawn_inner(backend, Router::new(), None, Some(portal_dir)).await
+        Self::spawn_inner(backend, Router::new(), None, Some(portal_dir), PoolSettings::default()).await
     }
 
     /// Like [`TestApp::spawn`], with payments configured against `stripe` (webhook
     /// secret [`WEBHOOK_SECRET`], API key the fake accepts).
     pub async fn spawn_with_stripe(backend: Backend, stripe: &FakeStripe) -> Self {
-        Self::spawn_inner(backend, Router::new(), Some(stripe), None).await
+        Self::spawn_inner(backend, Router::new(), Some(stripe), None, PoolSettings::default()).await
     }
 
     async fn spawn_inner(
@@ -62,9 +67,10 @@ impl TestApp {
         extra: Router<AppState>,
         stripe: Option<&FakeStripe>,
         portal_dir: Option<&Path>,
+        pool: PoolSettings,
     ) -> Self {
         let database = TestDatabase::create(backend).await;
-        let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::connect(&database.url, &pool).await.unwrap_or_else(|e| panic!("{e}"));
         store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
         let bus: Arc<dyn EventBus> = Arc::new(EmbeddedBus::new(store.clone()));
         let policy = PolicyClient::new(store.clone(), Duration::from_millis(0));

@@ -97,6 +97,10 @@ impl Allocations {
         phase: Phase,
     ) -> Result<Vec<Result<Allocation, AllocationError>>, AllocationError> {
         let store = self.store();
+        let timing = match phase {
+            Phase::Begun => Some(self.timing().await?),
+            Phase::ToRunner => None,
+        };
         let mut tx = store.begin().await?;
         let ids: Vec<&str> = requests
             .iter()
@@ -147,8 +151,8 @@ impl Allocations {
         }
         if changes.is_empty() {
             tx.rollback().await?;
-        } else if phase == Phase::Begun {
-            let wake = self.begin_releases(&mut tx, changes).await?;
+        } else if let Some(timing) = &timing {
+            let wake = self.begin_releases(&mut tx, changes, timing).await?;
             gpuaas_audit::record_many(&mut tx, &audit).await?;
             tx.commit().await?;
             self.wake_nodes(wake);

@@ -48,7 +48,7 @@ pub struct RunReport {
 
 /// Timing the workflow reads from policy once per pass.
 #[derive(Debug, Clone, Copy)]
-struct Timing {
+pub(crate) struct Timing {
     provision_timeout: Duration,
     release_timeout: Duration,
     max_attempts: i64,
@@ -60,7 +60,9 @@ struct Timing {
 }
 
 impl Allocations {
-    async fn timing(&self) -> Result<Timing, AllocationError> {
+    /// Read before a transaction begins: a policy read inside one would wait for a
+    /// second pooled connection while holding one.
+    pub(crate) async fn timing(&self) -> Result<Timing, AllocationError> {
         let policy = self.policy();
         Ok(Timing {
             provision_timeout: policy.get_duration_secs(keys::ALLOCATIONS_PROVISION_TIMEOUT_SECONDS).await?,
@@ -641,15 +643,15 @@ impl Allocations {
         &self,
         tx: &mut Connection,
         changes: Vec<(&mut Record, Change<'_>)>,
+        timing: &Timing,
     ) -> Result<Vec<String>, AllocationError> {
-        let timing = self.timing().await?;
         let journal = Journal::batched(timing.billing_window_seconds, timing.checkpoint_every);
         let now = Timestamp::now();
         let deadline = Some(now.saturating_add(timing.release_timeout));
         let mut wake = Vec::with_capacity(changes.len());
         for (record, change) in changes {
             apply_journaled(tx, record, Some(&change), schedule(None, true), &journal).await?;
-            let step = Step { journal: &journal, timing: &timing, now, actor: change.actor };
+            let step = Step { journal: &journal, timing, now, actor: change.actor };
             wake.extend(self.queue_release_attempt(tx, record, &step, 1, deadline).await?);
         }
         self.write_journal(tx, &journal).await?;
