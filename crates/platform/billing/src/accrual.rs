@@ -272,10 +272,13 @@ pub async fn close_usages(
         Dialect::Sqlite => "",
     };
     for closes in closes.chunks(500) {
-        // Id order: two closers lock the records they share in the same order.
+        // Id order: two closers lock the records they share in the same order. Every
+        // record of the allocations is read (an allocation has one or a few) and the
+        // closed ones are skipped here: a condition on `ended_at` lets the planner add
+        // the open-records index, and read all of it, to a lookup by allocation.
         let sql = format!(
-            "SELECT allocation_id, {OPEN_COLUMNS} FROM usage_records WHERE allocation_id IN ({}) \
-             AND ended_at IS NULL ORDER BY id{lock}",
+            "SELECT allocation_id, ended_at, {OPEN_COLUMNS} FROM usage_records WHERE allocation_id IN ({}) \
+             ORDER BY id{lock}",
             gpuaas_store::placeholders(1, closes.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -283,12 +286,12 @@ pub async fn close_usages(
             query = query.bind(close.allocation_id);
         }
         let rows = query.fetch_all(&mut *connection).await?;
-        if rows.is_empty() {
-            continue;
-        }
         let mut records = Vec::with_capacity(rows.len());
         let mut owners: Vec<&UsageClose<'_>> = Vec::with_capacity(rows.len());
         for row in &rows {
+            if row.try_get::<Option<i64>, _>("ended_at")?.is_some() {
+                continue;
+            }
             let allocation_id: String = row.try_get("allocation_id")?;
             let close = closes
                 .iter()
@@ -296,6 +299,9 @@ pub async fn close_usages(
                 .ok_or_else(|| BillingError::Corrupt(format!("usage of {allocation_id} was not asked for")))?;
             records.push(open_record(row)?);
             owners.push(close);
+        }
+        if records.is_empty() {
+            continue;
         }
         let mut debits = Vec::new();
         let mut totals = Vec::with_capacity(records.len());

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use group_commit::GroupCommit;
 pub use migrate::{Migration, SchemaStatus};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection as _, Executor};
 
 /// A transaction on either engine; `&mut *tx` is its connection. On SQLite it also
 /// holds this process's write turn until it ends: writers queue here, in order, rather
@@ -211,6 +211,9 @@ pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
     (0..rows).map(|row| format!("({})", placeholders(first + row * columns, columns))).collect::<Vec<_>>().join(", ")
 }
 
+/// How long a pooled connection may sit idle before it is pinged on its next acquire.
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Prepared statements each PostgreSQL connection keeps, unless the URL sets
 /// `statement-cache-capacity`. Batched statements take one text per batch size, so
 /// the platform's hot path alone has a few hundred; with the driver's default of 100 a
@@ -236,6 +239,19 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            // A connection used moments ago is known good; one that sat idle may have
+            // been cut (a database restart, a proxy's timeout) and is pinged first.
+            // The driver's default pings on every acquire: a round trip per
+            // transaction and per lone statement, on both sides (ADR 018).
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |connection, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

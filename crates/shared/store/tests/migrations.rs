@@ -125,3 +125,30 @@ async fn unsupported_urls_are_refused_clearly() {
     let error = Store::connect("mysql://localhost/x", &PoolSettings::default()).await.err();
     assert!(matches!(error, Some(StoreError::UnsupportedUrl)));
 }
+
+/// Acquires skip the driver's ping on connections used moments ago, so a connection
+/// the server cut must still be caught once it has sat idle: the next statement gets a
+/// fresh connection instead of an I/O error.
+#[tokio::test]
+async fn a_postgres_connection_cut_while_idle_is_replaced_on_its_next_use() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let settings = PoolSettings { max_connections: 1, ..PoolSettings::default() };
+    let store = Store::connect(&database.url, &settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let backend_pid = || async {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = backend_pid().await;
+    let admin = Store::connect(&database.url, &settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(admin.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cut);
+    tokio::time::sleep(gpuaas_store::PING_IDLE_AFTER + std::time::Duration::from_millis(300)).await;
+    let second = backend_pid().await;
+    assert_ne!(first, second);
+}

@@ -91,6 +91,7 @@ struct Inner {
     config: NodePlaneConfig,
     waiters: tasks::Waiters,
     finished: tasks::FinishedListeners,
+    finishes: tasks::FinishQueue,
 }
 
 impl NodePlane {
@@ -103,6 +104,7 @@ impl NodePlane {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                finishes: tasks::finish_queue(store.dialect()),
                 store,
                 policy,
                 ca,

@@ -126,6 +126,84 @@ pub struct TaskPage {
 const TASK_COLUMNS: &str = "id, node_id, task_type, params, status, attempts, max_attempts, created_at, expires_at, \
      leased_at, completed_at, result, error, refusal_code, correlation_id";
 
+/// A node's report that a leased task finished (not refused, not an inventory),
+/// waiting in [`FinishQueue`]. Agents report each task on its own, so under load many
+/// reports are in flight at once; they are written with one UPDATE per batch instead
+/// of a statement (and a commit) each.
+pub(crate) struct FinishReport {
+    node_id: String,
+    task_id: String,
+    status: TaskStatus,
+    output: String,
+    error: Option<String>,
+    completed_at: i64,
+}
+
+/// The queue finished-task reports wait in for their batch. The answer is the finished
+/// task, or `None` when the report must take the full path: the task was not this
+/// node's leased task, or the batch failed.
+pub(crate) type FinishQueue = gpuaas_store::GroupCommit<FinishReport, Option<NodeTask>>;
+
+/// Most reports in one batch, written by one UPDATE (6 parameters each).
+const MAX_FINISH_BATCH: usize = 64;
+
+pub(crate) fn finish_queue(dialect: gpuaas_store::Dialect) -> FinishQueue {
+    gpuaas_store::GroupCommit::for_writes(dialect, MAX_FINISH_BATCH)
+}
+
+/// Finishes the leased tasks the reports name, in one transaction; each report gets its
+/// task back, or `None` (see [`FinishQueue`]). A failed batch answers `None` to all,
+/// and each report then finds out alone what happened: a commit that failed after it
+/// reached the database leaves the tasks finished, which the full path answers with.
+async fn finish_leased(store: &Store, reports: Vec<FinishReport>) -> Vec<Option<NodeTask>> {
+    match finish_leased_together(store, &reports).await {
+        Ok(mut finished) => {
+            // A task reported twice in one batch is finished once: the first report gets
+            // it, the second finds it finished on the full path.
+            reports.iter().map(|report| finished.remove(&(report.task_id.clone(), report.node_id.clone()))).collect()
+        }
+        Err(error) => {
+            tracing::debug!(%error, reports = reports.len(), "batched task reports failed; taking them one by one");
+            reports.iter().map(|_| None).collect()
+        }
+    }
+}
+
+async fn finish_leased_together(
+    store: &Store,
+    reports: &[FinishReport],
+) -> Result<HashMap<(String, String), NodeTask>, InventoryError> {
+    let returning: Vec<String> = TASK_COLUMNS.split(", ").map(|column| format!("node_tasks.{column}")).collect();
+    let sql = format!(
+        "WITH done (id, node_id, status, result, error, completed_at) AS (VALUES {}) \
+         UPDATE node_tasks SET status = CAST(done.status AS TEXT), result = CAST(done.result AS TEXT), \
+         error = CAST(done.error AS TEXT), completed_at = CAST(done.completed_at AS BIGINT) FROM done \
+         WHERE node_tasks.id = done.id AND node_tasks.node_id = done.node_id AND node_tasks.status = 'leased' \
+         AND node_tasks.task_type <> '{}' RETURNING {}",
+        gpuaas_store::value_rows(1, reports.len(), 6),
+        TaskType::NodeInventory.as_str(),
+        returning.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for report in reports {
+        query = query
+            .bind(report.task_id.clone())
+            .bind(report.node_id.clone())
+            .bind(report.status.as_str())
+            .bind(report.output.clone())
+            .bind(report.error.clone())
+            .bind(report.completed_at);
+    }
+    let mut one = store.one_write().await?;
+    let mut finished = HashMap::with_capacity(reports.len());
+    for row in query.fetch_all(&mut *one).await? {
+        let task = task_from_row(&row)?;
+        finished.insert((task.id.clone(), task.node_id.clone()), task);
+    }
+    one.finish().await?;
+    Ok(finished)
+}
+
 fn task_from_row(row: &Row) -> Result<NodeTask, InventoryError> {
     let status: String = row.try_get("status")?;
     let params: String = row.try_get("params")?;
@@ -574,24 +652,24 @@ impl NodePlane {
         // in the same transaction). On PostgreSQL it is its own transaction; SQLite's
         // writers take turns through `Store::begin`. Anything else (not leased, not
         // this node's, an inventory, a refusal) takes the path below.
+        //
+        // Reports that arrive together share that statement (see [`FinishReport`]).
         if refusal_code.is_none() {
-            let sql = format!(
-                "UPDATE node_tasks SET status = $3, result = $4, error = $5, completed_at = $6 \
-                 WHERE id = $1 AND node_id = $2 AND status = 'leased' AND task_type <> '{}' RETURNING {TASK_COLUMNS}",
-                TaskType::NodeInventory.as_str()
-            );
-            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(task_id.to_owned())
-                .bind(node_id.to_owned())
-                .bind(status.as_str())
-                .bind(output.clone())
-                .bind(error.clone())
-                .bind(now);
-            let mut one = self.store().one_write().await?;
-            let row = query.fetch_optional(&mut *one).await?;
-            one.finish().await?;
-            if let Some(row) = row {
-                return task_from_row(&row);
+            let report = FinishReport {
+                node_id: node_id.to_owned(),
+                task_id: task_id.to_owned(),
+                status,
+                output: output.clone(),
+                error: error.clone(),
+                completed_at: now,
+            };
+            let store = self.store().clone();
+            let run = move |batch: Vec<FinishReport>| {
+                let store = store.clone();
+                async move { finish_leased(&store, batch).await }
+            };
+            if let Some(Some(finished)) = self.inner.finishes.submit(report, run).await {
+                return Ok(finished);
             }
         }
         let mut tx = self.store().begin().await?;

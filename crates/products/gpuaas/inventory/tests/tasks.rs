@@ -426,6 +426,67 @@ async fn gathered_tasks_are_written_together_or_not_at_all(backend: Backend) {
     assert_eq!(queued_count(&env, &first.id).await, 2, "t-4 was not written");
 }
 
+/// Reports in flight together share a statement; each is still answered as it would
+/// be alone: the reporting node's task finished with its own result, a repeat answered
+/// with the state, another node's report refused as not found.
+async fn reports_arriving_together_are_each_answered_as_alone(backend: Backend) {
+    let env = env(backend).await;
+    sku(&env, "h100-x8", 8).await;
+    let nodes = [enrolled(&env, "gpu-a", "h100-x8").await, enrolled(&env, "gpu-b", "h100-x8").await];
+    let mut leased = Vec::new();
+    for node in &nodes {
+        for _ in 0..12 {
+            env.plane.enqueue_task(&operator(), &node.id, &Task::NodeHealth).await.unwrap();
+        }
+        let mut pulled = Vec::new();
+        while pulled.len() < 12 {
+            pulled.extend(env.plane.pull_tasks(&node.id, Duration::ZERO).await.unwrap());
+        }
+        leased.extend(pulled.into_iter().map(|delivery| (node.id.clone(), delivery.task_id)));
+    }
+    let outcome = |index: usize| {
+        if index.is_multiple_of(3) {
+            TaskResult::failed(format!("disk {index} full"))
+        } else {
+            TaskResult::succeeded(serde_json::json!({ "index": index }))
+        }
+    };
+    let mut reports = tokio::task::JoinSet::new();
+    for (index, (node_id, task_id)) in leased.iter().enumerate() {
+        let other = if *node_id == nodes[0].id { nodes[1].id.clone() } else { nodes[0].id.clone() };
+        for (reporter, kind) in [(node_id.clone(), "own"), (node_id.clone(), "repeat"), (other, "other")] {
+            let (plane, task_id, result) = (env.plane.clone(), task_id.clone(), outcome(index));
+            reports.spawn(async move { (index, kind, plane.complete_task(&reporter, &task_id, &result, CORR).await) });
+        }
+    }
+    while let Some(joined) = reports.join_next().await {
+        let (index, kind, answer) = joined.unwrap();
+        match kind {
+            "other" => {
+                assert_err!(answer, InventoryError::NotFound("task"));
+            }
+            _ => {
+                let task = answer.unwrap();
+                assert_eq!(task.id, leased[index].1);
+                if index.is_multiple_of(3) {
+                    assert_eq!(task.status, TaskStatus::Failed);
+                    assert_eq!(task.error, Some(format!("disk {index} full")));
+                } else {
+                    assert_eq!(task.status, TaskStatus::Succeeded);
+                    assert_eq!(task.result, Some(serde_json::json!({ "index": index })));
+                }
+            }
+        }
+    }
+    for (index, (node_id, task_id)) in leased.iter().enumerate() {
+        let stored = tasks::get(&env.store, task_id).await.unwrap();
+        assert_eq!(&stored.node_id, node_id);
+        let expected = if index.is_multiple_of(3) { TaskStatus::Failed } else { TaskStatus::Succeeded };
+        assert_eq!(stored.status, expected, "task {index}");
+        assert!(stored.completed_at.is_some());
+    }
+}
+
 both_backends!(
     only_valid_tasks_for_enrolled_nodes_are_queued,
     deliveries_are_signed_for_their_node_alone,
@@ -438,4 +499,5 @@ both_backends!(
     unpulled_tasks_expire,
     probe_waits_for_the_agent,
     gathered_tasks_are_written_together_or_not_at_all,
+    reports_arriving_together_are_each_answered_as_alone,
 );
