@@ -29,6 +29,9 @@ pub struct AllocationBench {
     pub gpus_per_node: u32,
     pub clients: u32,
     pub seconds: u64,
+    /// Load before the measured seconds, after which PostgreSQL's statistics are
+    /// taken (see [`bench`]).
+    pub warmup: Duration,
     /// Live allocations a client keeps before releasing its oldest.
     pub per_client: usize,
     /// How often a client looks at its oldest allocation until it is active.
@@ -85,23 +88,32 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(AtomicU64::new(0));
     let released = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(settings.seconds);
-    let run_started = Instant::now();
+    // The tables start empty and PostgreSQL plans them without statistics until
+    // autovacuum looks (once a minute), while an installation in service has them. So
+    // the clients run a warm-up first, statistics are taken under that load, and only
+    // what starts after it is measured.
+    let measure_from = Instant::now() + settings.warmup;
+    let deadline = measure_from + Duration::from_secs(settings.seconds);
     let mut workers = tokio::task::JoinSet::new();
     for client in clients {
         let allocations = allocations.clone();
         let latencies = latencies.clone();
         let refused = refused.clone();
         let released = released.clone();
-        let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll };
+        let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll, measure_from };
         workers.spawn(async move {
             run_client(&allocations, &client, deadline, pace, &latencies, &refused, &released).await
         });
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let measured_since = Timestamp::now();
+    if !settings.warmup.is_zero() && store.dialect() == gpuaas_store::Dialect::Postgres {
+        gpuaas_store::sqlx::query("ANALYZE").execute(store.pool()).await?;
+    }
     while let Some(result) = workers.join_next().await {
         result??;
     }
-    let run_seconds = run_started.elapsed().as_secs_f64();
+    let run_seconds = measure_from.elapsed().as_secs_f64();
     // Let the workflow finish what is in flight before measuring it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
@@ -110,22 +122,25 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
 
     let mut latencies = std::mem::take(&mut *latencies.lock().await);
     latencies.sort();
-    let rows: Vec<(i64, i64)> =
-        gpuaas_store::sqlx::query_as("SELECT created_at, active_at FROM allocations WHERE active_at IS NOT NULL")
-            .fetch_all(store.pool())
-            .await?;
+    let rows: Vec<(i64, i64)> = gpuaas_store::sqlx::query_as(
+        "SELECT created_at, active_at FROM allocations WHERE active_at IS NOT NULL AND created_at >= $1",
+    )
+    .bind(measured_since.as_micros())
+    .fetch_all(store.pool())
+    .await?;
     let mut to_active: Vec<Duration> = rows
         .iter()
         .map(|(created, active)| Duration::from_micros(u64::try_from(active - created).unwrap_or(0)))
         .collect();
     to_active.sort();
     println!(
-        "allocations on {} ({} connections): {} clients for {:.0} s over {} nodes × {} GPUs (service layer, \
-         in process; each client holds {}, looks at its oldest every {} ms)",
+        "allocations on {} ({} connections): {} clients for {:.0} s after a {} s warm-up over {} nodes × {} GPUs \
+         (service layer, in process; each client holds {}, looks at its oldest every {} ms)",
         store.dialect().name(),
         settings.pool_size,
         settings.clients,
         run_seconds,
+        settings.warmup.as_secs(),
         settings.nodes,
         settings.gpus_per_node,
         settings.per_client,
@@ -239,6 +254,8 @@ async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> 
 struct Pace {
     per_client: usize,
     poll: Duration,
+    /// Creates and releases that start before this are the warm-up's, not counted.
+    measure_from: Instant,
 }
 
 async fn run_client(
@@ -266,9 +283,12 @@ async fn run_client(
                 tokio::time::sleep(pace.poll).await;
                 continue;
             }
+            let started = Instant::now();
             match allocations.release(&actor, &oldest, &client.tenant).await {
                 Ok(_) => {
-                    released.fetch_add(1, Ordering::Relaxed);
+                    if started >= pace.measure_from {
+                        released.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 // Not active yet: try again on a later turn.
                 Err(AllocationError::InvalidTransition { .. }) => {
@@ -289,13 +309,18 @@ async fn run_client(
             name: None,
         };
         let started = Instant::now();
+        let measured = started >= pace.measure_from;
         match allocations.create(&actor, &new).await {
             Ok(allocation) => {
-                mine.push(started.elapsed());
+                if measured {
+                    mine.push(started.elapsed());
+                }
                 live.push_back(allocation.id);
             }
             Err(AllocationError::SkuUnavailable(_)) => {
-                refused.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(error) => return Err(error.into()),
         }

@@ -141,6 +141,10 @@ pub enum BenchCommand {
         clients: u32,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Seconds of load before the measured ones; PostgreSQL's planner statistics
+        /// are taken when it ends, as autovacuum keeps them in service.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+        warmup_seconds: u64,
         /// Live allocations each client keeps before releasing its oldest.
         #[arg(long, default_value_t = 4)]
         per_client: usize,
@@ -198,6 +202,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             gpus_per_node,
             clients,
             seconds,
+            warmup_seconds,
             per_client,
             poll_ms,
             accrual_records,
@@ -208,6 +213,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 gpus_per_node,
                 clients,
                 seconds,
+                warmup: std::time::Duration::from_secs(warmup_seconds),
                 per_client,
                 poll: std::time::Duration::from_millis(poll_ms),
                 accrual_records,
