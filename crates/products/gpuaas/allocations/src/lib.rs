@@ -59,6 +59,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120220_transitions_in_row.sqlite.sql"),
         postgres: include_str!("../migrations/2026120220_transitions_in_row.postgres.sql"),
     },
+    Migration {
+        version: 2026120240,
+        name: "live_allocations_index",
+        sqlite: include_str!("../migrations/2026120240_live_allocations_index.sql"),
+        postgres: include_str!("../migrations/2026120240_live_allocations_index.sql"),
+    },
 ];
 
 /// What wakes this process's workflow runner, shared with the node plane's listener.

@@ -1035,4 +1035,12 @@ mod tests {
             assert!(name.len() <= 32);
         }
     }
+
+    #[test]
+    fn the_live_index_holds_what_the_live_queries_ask_for() {
+        // A partial index serves a query only when the query's condition implies the
+        // index's: the same status list, written the same way.
+        let migration = include_str!("../migrations/2026120240_live_allocations_index.sql");
+        assert!(migration.contains(&format!("WHERE status IN ({})", live_list())), "{migration}");
+    }
 }

@@ -561,11 +561,13 @@ impl NodePlane {
         let lease = self.policy().get_duration_secs(keys::NODES_TASK_LEASE_SECONDS).await?;
         let now = Timestamp::now();
         let lease_until = now.saturating_add(lease);
+        // The outer condition names the node too: with only `id IN (…)` the planner
+        // read every queued task of the fleet to match the few picked.
         let sql = format!(
             "UPDATE node_tasks SET status = 'leased', attempts = attempts + 1, leased_at = $2, lease_expires_at = $3, \
              first_leased_at = COALESCE(first_leased_at, $2) \
-             WHERE id IN (SELECT id FROM node_tasks WHERE node_id = $1 AND status = 'queued' AND expires_at > $2 \
-             ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}{}) AND status = 'queued' \
+             WHERE node_id = $1 AND status = 'queued' AND id IN (SELECT id FROM node_tasks WHERE node_id = $1 \
+             AND status = 'queued' AND expires_at > $2 ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}{}) \
              RETURNING id, task_type, params, expires_at",
             self.store().dialect().skip_locked()
         );
