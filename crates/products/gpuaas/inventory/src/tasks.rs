@@ -156,14 +156,17 @@ pub(crate) fn finish_queue(dialect: gpuaas_store::Dialect) -> FinishQueue {
 /// and each report then finds out alone what happened: a commit that failed after it
 /// reached the database leaves the tasks finished, which the full path answers with.
 async fn finish_leased(store: &Store, reports: Vec<FinishReport>) -> Vec<Option<NodeTask>> {
-    match finish_leased_together(store, &reports).await {
+    // A task reported twice in one batch is written with its first report only, as
+    // alone: the first writes, a repeat takes the full path and finds it finished.
+    let mut seen = std::collections::HashSet::with_capacity(reports.len());
+    let first: Vec<&FinishReport> =
+        reports.iter().filter(|report| seen.insert((report.task_id.as_str(), report.node_id.as_str()))).collect();
+    match finish_leased_together(store, &first).await {
         Ok(mut finished) => {
-            // A task reported twice in one batch is finished once: the first report gets
-            // it, the second finds it finished on the full path.
             reports.iter().map(|report| finished.remove(&(report.task_id.clone(), report.node_id.clone()))).collect()
         }
         Err(error) => {
-            tracing::debug!(%error, reports = reports.len(), "batched task reports failed; taking them one by one");
+            tracing::warn!(%error, reports = reports.len(), "batched task reports failed; taking them one by one");
             reports.iter().map(|_| None).collect()
         }
     }
@@ -171,7 +174,7 @@ async fn finish_leased(store: &Store, reports: Vec<FinishReport>) -> Vec<Option<
 
 async fn finish_leased_together(
     store: &Store,
-    reports: &[FinishReport],
+    reports: &[&FinishReport],
 ) -> Result<HashMap<(String, String), NodeTask>, InventoryError> {
     let returning: Vec<String> = TASK_COLUMNS.split(", ").map(|column| format!("node_tasks.{column}")).collect();
     let sql = format!(
