@@ -16,16 +16,19 @@ use gpuaas_store::{Dialect, GroupCommit};
 
 use crate::events;
 use crate::service::{COLUMNS, Change, Journal, Record, apply_many, record_from_row, schedule};
+use crate::workflow::Timing;
 use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations};
 
 /// Most releases in one transaction.
 const MAX_BATCH: usize = 64;
 
 /// Who starts a release phase: the release's own transaction, which queues the first
-/// revoke task, or the workflow runner's next pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// revoke task with the workflow's timing (read before the transaction: a policy read
+/// inside it would wait for a second pooled connection while holding one), or the
+/// workflow runner's next pass.
+#[derive(Debug, Clone, Copy)]
 enum Phase {
-    Begun,
+    Begun(Timing),
     ToRunner,
 }
 
@@ -68,7 +71,11 @@ impl Allocations {
     }
 
     async fn release_batch(&self, requests: Vec<ReleaseRequest>) -> Vec<Result<Allocation, AllocationError>> {
-        match self.release_together(&requests, Phase::Begun).await {
+        let begun = match self.timing().await {
+            Ok(timing) => self.release_together(&requests, Phase::Begun(timing)).await,
+            Err(error) => Err(error),
+        };
+        match begun {
             Ok(results) => results,
             Err(error) => {
                 // Taken again one by one, each leaving its first release task to the
@@ -97,10 +104,6 @@ impl Allocations {
         phase: Phase,
     ) -> Result<Vec<Result<Allocation, AllocationError>>, AllocationError> {
         let store = self.store();
-        let timing = match phase {
-            Phase::Begun => Some(self.timing().await?),
-            Phase::ToRunner => None,
-        };
         let mut tx = store.begin().await?;
         let ids: Vec<&str> = requests
             .iter()
@@ -151,7 +154,7 @@ impl Allocations {
         }
         if changes.is_empty() {
             tx.rollback().await?;
-        } else if let Some(timing) = &timing {
+        } else if let Phase::Begun(timing) = &phase {
             let wake = self.begin_releases(&mut tx, changes, timing).await?;
             gpuaas_audit::record_many(&mut tx, &audit).await?;
             tx.commit().await?;
