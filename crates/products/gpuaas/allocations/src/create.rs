@@ -16,7 +16,7 @@ use gpuaas_store::sqlx::{self, Row as _};
 use gpuaas_store::{Connection, Dialect, GroupCommit};
 
 use crate::service::{
-    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, created_transition, live_list,
+    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, created_transition,
     record_from_row, to_json, transitions_json, username_for, validate_text,
 };
 use crate::ssh_keys::{SshKey, keys_by_id, owned_keys};
@@ -345,10 +345,8 @@ impl LiveCounts {
     async fn read(connection: &mut Connection, tenants: &[&str]) -> Result<Self, AllocationError> {
         let placeholders = gpuaas_store::placeholders(1, tenants.len());
         let sql = format!(
-            "SELECT tenant_id, project_id, user_id, COUNT(*) AS live FROM allocations \
-             WHERE tenant_id IN ({}) AND status IN ({}) GROUP BY tenant_id, project_id, user_id",
-            placeholders,
-            live_list()
+            "SELECT tenant_id, project_id, user_id, live FROM allocation_live_counts WHERE tenant_id IN ({})",
+            placeholders
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for tenant in tenants {

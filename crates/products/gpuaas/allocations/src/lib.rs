@@ -3,11 +3,12 @@
 //! provisions and releases it through signed node tasks, metering hand-offs to billing,
 //! and reconciliation against what nodes report.
 //!
-//! This crate owns `ssh_keys`, `allocations` (each with its transitions) and
-//! `reconciliation_findings`. It reserves slots and queues tasks only through the
-//! inventory crate and posts money only through the billing crate. It must never store
-//! a private key, never let two allocations hold one GPU slot, never change an
-//! allocation's status except along [`AllocationStatus::can_become`], and never free
+//! This crate owns `ssh_keys`, `allocations` (each with its transitions),
+//! `allocation_live_counts` and `reconciliation_findings`. It reserves slots and queues
+//! tasks only through the inventory crate and posts money only through the billing
+//! crate. It must never store a private key, never let two allocations hold one GPU
+//! slot, never change an allocation's status except along
+//! [`AllocationStatus::can_become`] (and never without its live count), and never free
 //! the slots of an allocation whose release did not complete.
 
 mod create;
@@ -64,6 +65,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "live_allocations_index",
         sqlite: include_str!("../migrations/2026120240_live_allocations_index.sql"),
         postgres: include_str!("../migrations/2026120240_live_allocations_index.sql"),
+    },
+    Migration {
+        version: 2026120260,
+        name: "live_allocation_counts",
+        sqlite: include_str!("../migrations/2026120260_live_allocation_counts.sql"),
+        postgres: include_str!("../migrations/2026120260_live_allocation_counts.sql"),
     },
 ];
 

@@ -497,6 +497,9 @@ fn journal_change(
     let transition = next_transition(record, to, change, now);
     record.view.transitions.get_or_insert_with(Vec::new).push(transition);
     journal.record(event);
+    if to.is_terminal() && !from.is_terminal() {
+        journal.ended(&record.view);
+    }
     let view = &mut record.view;
     view.status = to;
     view.updated_at = now;
@@ -541,6 +544,9 @@ struct Pending {
     opened: Vec<(Allocation, Timestamp)>,
     /// Usage to close, for a batched journal: allocation, when, correlation id.
     closed: Vec<(String, Timestamp, String)>,
+    /// Allocations created (+1) and ended (-1) per (tenant, project, user), for
+    /// `allocation_live_counts`; sorted, so every writer locks the rows in one order.
+    live: std::collections::BTreeMap<(String, String, String), i64>,
 }
 
 /// The columns one allocation's changes set, and the status its row had when read.
@@ -613,7 +619,9 @@ impl Journal {
             None,
             &actor.correlation_id,
         )?;
-        self.record(Some(requested));
+        let mut pending = self.lock_pending();
+        pending.events.push(requested);
+        *pending.live.entry(live_key(&record.view)).or_default() += 1;
         Ok(())
     }
 
@@ -621,11 +629,16 @@ impl Journal {
         self.lock_pending().events.extend(event);
     }
 
+    /// Counts `allocation` out of its live counts when the journal is flushed.
+    fn ended(&self, allocation: &Allocation) {
+        *self.lock_pending().live.entry(live_key(allocation)).or_default() -= 1;
+    }
+
     /// Writes what was recorded, in order, on `connection` (the transaction that made
     /// the changes): row updates (with their transitions), events, usage opened and
     /// closed, and last the freed GPUs' nodes.
     pub(crate) async fn flush(&self, connection: &mut Connection) -> Result<(), AllocationError> {
-        let Pending { events, updates, opened, closed } = std::mem::take(&mut *self.lock_pending());
+        let Pending { events, updates, opened, closed, live } = std::mem::take(&mut *self.lock_pending());
         write_updates(connection, updates).await?;
         gpuaas_outbox::enqueue_many(connection, &events).await?;
         if !opened.is_empty() {
@@ -647,8 +660,37 @@ impl Journal {
             gpuaas_billing::accrual::close_usages(connection, dialect, &closes, window, checkpoint_every).await?;
         }
         self.freed.credit(connection).await?;
-        Ok(())
+        // Last, after the nodes: a create holds its nodes when it counts, so taking
+        // the counts before the nodes here could wait on it in a cycle.
+        write_live_counts(connection, &live).await
     }
+}
+
+/// The key of an allocation's row in `allocation_live_counts`.
+fn live_key(view: &Allocation) -> (String, String, String) {
+    (view.tenant_id.clone(), view.project_id.clone(), view.user_id.clone())
+}
+
+/// Adds `deltas` to the live counts, in key order, in one statement (a row is created
+/// by its first allocation).
+async fn write_live_counts(
+    connection: &mut Connection,
+    deltas: &std::collections::BTreeMap<(String, String, String), i64>,
+) -> Result<(), AllocationError> {
+    let changed: Vec<(&(String, String, String), &i64)> = deltas.iter().filter(|(_, delta)| **delta != 0).collect();
+    for chunk in changed.chunks(UPDATES_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO allocation_live_counts (tenant_id, project_id, user_id, live) VALUES {} \
+             ON CONFLICT (tenant_id, project_id, user_id) DO UPDATE SET live = allocation_live_counts.live + excluded.live",
+            gpuaas_store::value_rows(1, chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((tenant, project, user), delta) in chunk {
+            query = query.bind(tenant.clone()).bind(project.clone()).bind(user.clone()).bind(**delta);
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
 }
 
 /// The usage record an allocation opens when it becomes active at `at`: the price
@@ -1045,5 +1087,8 @@ mod tests {
         // index's: the same status list, written the same way.
         let migration = include_str!("../migrations/2026120240_live_allocations_index.sql");
         assert!(migration.contains(&format!("WHERE status IN ({})", live_list())), "{migration}");
+        // The live counts start from the allocations live when they were made.
+        let counts = include_str!("../migrations/2026120260_live_allocation_counts.sql");
+        assert!(counts.contains(&format!("WHERE status IN ({})", live_list())), "{counts}");
     }
 }

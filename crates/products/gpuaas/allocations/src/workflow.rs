@@ -93,7 +93,7 @@ impl Allocations {
         // runner looks with one read and opens no transaction (on SQLite, takes no
         // writer's turn).
         let room = (per_group * parallel).saturating_sub(told.len());
-        let mut due = if room > 0 { self.due_count(room).await? } else { 0 };
+        let mut due = if room > 0 { self.due_count(per_group * parallel).await?.min(room) } else { 0 };
         let groups = (told.len() + due).div_ceil(per_group).min(parallel);
         if groups == 0 {
             return Ok(RunReport::default());
@@ -132,15 +132,20 @@ impl Allocations {
     /// How many allocations are due now, counting up to `most`: one read of the due
     /// index (the order makes it an index scan; without it the planner may scan the
     /// table). Rows another runner holds are counted too; their groups claim less.
+    ///
+    /// The limit is written into the text, not bound: with a bound limit PostgreSQL
+    /// costs the cached generic plan as if a tenth of the table were wanted, finds it
+    /// dearer than a plan for the actual values and plans the statement afresh on every
+    /// call, which was most of its cost (ADR 019). A runner counts with one limit.
     async fn due_count(&self, most: usize) -> Result<usize, AllocationError> {
-        let due: i64 = sqlx::query_scalar(
+        let sql = format!(
             "SELECT COUNT(*) FROM (SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 \
-             ORDER BY workflow_due_at LIMIT $2) AS due",
-        )
-        .bind(Timestamp::now().as_micros())
-        .bind(i64::try_from(most).unwrap_or(i64::MAX))
-        .fetch_one(self.store().pool())
-        .await?;
+             ORDER BY workflow_due_at LIMIT {most}) AS due"
+        );
+        let due: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(Timestamp::now().as_micros())
+            .fetch_one(self.store().pool())
+            .await?;
         Ok(usize::try_from(due).unwrap_or(0))
     }
 
@@ -268,12 +273,13 @@ impl Allocations {
         }
         let room = due.saturating_sub(claimed.len());
         if room > 0 {
+            // The limit is in the text for the reason given at `due_count`; a group
+            // takes at most `MAX_GROUP`, so there are that many texts at most.
             let sql = format!(
-                "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT $2{lock}"
+                "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT {room}{lock}"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(Timestamp::now().as_micros())
-                .bind(i64::try_from(room).unwrap_or(i64::MAX))
                 .fetch_all(&mut *tx)
                 .await?;
             for row in &rows {
