@@ -111,6 +111,34 @@ async fn free_count_drift(app: &TestApp) -> i64 {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// (tenant, project, user) whose kept live count (what the caps read) disagrees with
+/// their allocations that are live.
+async fn live_count_drift(app: &TestApp) -> i64 {
+    let live = gpuaas_allocations::AllocationStatus::LIVE
+        .iter()
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT COUNT(*) FROM (SELECT tenant_id, project_id, user_id, SUM(n) AS off FROM ( \
+         SELECT tenant_id, project_id, user_id, COUNT(*) AS n FROM allocations WHERE status IN ({live}) \
+         GROUP BY tenant_id, project_id, user_id \
+         UNION ALL SELECT tenant_id, project_id, user_id, -live AS n FROM allocation_live_counts) AS both_sides \
+         GROUP BY tenant_id, project_id, user_id) AS sums WHERE off <> 0"
+    );
+    gpuaas_store::sqlx::query_scalar(gpuaas_store::sqlx::AssertSqlSafe(sql))
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The counts kept beside the rows agree with the rows: the nodes' free GPUs with
+/// their free slots, the live counts with the live allocations.
+async fn assert_counts_agree(app: &TestApp) {
+    assert_eq!(free_count_drift(app).await, 0, "the nodes' free counts agree with their slots");
+    assert_eq!(live_count_drift(app).await, 0, "the live counts agree with the live allocations");
+}
+
 /// How many `revoke_user` tasks were ever queued for the allocation `id`.
 async fn revoke_tasks(app: &TestApp, id: &str) -> i64 {
     gpuaas_store::sqlx::query_scalar("SELECT COUNT(*) FROM node_tasks WHERE task_type = $1 AND params LIKE $2")
@@ -319,6 +347,7 @@ async fn creating_refuses_what_cannot_be_served(backend: Backend) {
     let audit =
         json(app.get("/api/v1/admin/audit-logs?action=allocation.force_release", &world.admin).await, 200).await;
     assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
+    assert_counts_agree(&app).await;
 }
 
 gpuaas_testkit::both_backends!(failed_provisioning_frees_gpus_and_failed_releases_can_be_retried);
@@ -428,7 +457,7 @@ async fn one_broken_step_does_not_hold_back_the_others_of_its_pass(backend: Back
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(active_events, 3);
-    assert_eq!(free_count_drift(&app).await, 0);
+    assert_counts_agree(&app).await;
     // The broken row is postponed, not retried (and failed) on every pass.
     let again = app.allocations.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((again.claimed, again.failed_steps), (0, 0), "{again:?}");
@@ -458,7 +487,7 @@ async fn a_node_result_moves_its_allocation_on_without_a_poll(backend: Backend) 
     step(&app).await;
     let released = show(&app, &world.user, &id).await;
     assert_eq!(released["status"], "released", "{released}");
-    assert_eq!(free_count_drift(&app).await, 0);
+    assert_counts_agree(&app).await;
 }
 
 gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);
@@ -516,7 +545,7 @@ async fn racing_creates_never_share_a_gpu(backend: Backend) {
         assert!(held.iter().all(|row| allocation["node_id"] == row.0.as_str()));
     }
     assert!((62..=64).contains(&gpus), "placement fills the fleet: {gpus}");
-    assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
+    assert_counts_agree(&app).await;
 }
 
 gpuaas_testkit::both_backends!(racing_creates_are_each_answered_as_if_alone);
@@ -572,7 +601,7 @@ async fn racing_creates_are_each_answered_as_if_alone(backend: Backend) {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(audited, 5);
-    assert_eq!(free_count_drift(&app).await, 0);
+    assert_counts_agree(&app).await;
 }
 
 gpuaas_testkit::both_backends!(racing_releases_are_each_answered_as_if_alone);
@@ -644,7 +673,7 @@ async fn racing_releases_are_each_answered_as_if_alone(backend: Backend) {
     for id in &ids {
         assert_eq!(show(&app, &world.user, id).await["status"], "released");
     }
-    assert_eq!(free_count_drift(&app).await, 0);
+    assert_counts_agree(&app).await;
 }
 
 /// What the world may do to an allocation next.
@@ -730,6 +759,7 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
                 .unwrap_or_else(|| panic!("{current}"));
             let held = held_slots(&app, &id).await;
             assert_eq!(held, if status.is_terminal() { 0 } else { 2 }, "{status} after {sequence:?}");
+            assert_eq!(live_count_drift(&app).await, 0, "{status} after {sequence:?}");
             let path: Vec<gpuaas_allocations::AllocationStatus> = statuses(&current)
                 .iter()
                 .filter_map(|text| gpuaas_allocations::AllocationStatus::parse(text))
@@ -745,7 +775,7 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
         }
         step(&app).await;
     }
-    assert_eq!(free_count_drift(&app).await, 0, "the nodes' free counts agree with their slots");
+    assert_counts_agree(&app).await;
 }
 
 gpuaas_testkit::both_backends!(transitions_kept_in_their_own_table_move_into_their_rows);
@@ -815,6 +845,48 @@ async fn transitions_kept_in_their_own_table_move_into_their_rows(backend: Backe
     assert!(table_left.is_err(), "the old table is gone");
 }
 
+gpuaas_testkit::both_backends!(an_installation_s_live_allocations_are_counted_when_the_counts_are_made);
+/// The caps read kept counts; an installation that had only its rows gets counts of
+/// its live allocations, per tenant, project and user, and none of its ended ones.
+async fn an_installation_s_live_allocations_are_counted_when_the_counts_are_made(backend: Backend) {
+    const COUNTS: i64 = 2026120260;
+    let database = gpuaas_testkit::TestDatabase::create(backend).await;
+    let store = gpuaas_store::Store::connect(&database.url, &gpuaas_store::PoolSettings::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before: Vec<_> = gpuaas::migrations().into_iter().filter(|migration| migration.version < COUNTS).collect();
+    store.migrate(&before).await.unwrap_or_else(|e| panic!("{e}"));
+    for (id, user, status) in [
+        ("a1", "u1", "active"),
+        ("a2", "u1", "release_failed"),
+        ("a3", "u1", "released"),
+        ("a4", "u2", "requested"),
+        ("a5", "u2", "failed"),
+        ("a6", "u3", "released"),
+    ] {
+        gpuaas_store::sqlx::query(
+            "INSERT INTO allocations (id, tenant_id, project_id, user_id, sku_id, gpu_count, status, node_id, \
+             gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
+             price_per_gpu_hour_minor, currency, correlation_id, created_at, updated_at, transitions) \
+             VALUES ($1, 't', 'p', $2, 's', 1, $3, 'n', '[0]', 'h', 'ga_x', '[]', '[]', 1000, 1, 1, \
+             'USD', 'c', 1, 2, '[]')",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(status)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    store.migrate(&gpuaas::migrations()).await.unwrap_or_else(|e| panic!("{e}"));
+    let counts: Vec<(String, i64)> =
+        gpuaas_store::sqlx::query_as("SELECT user_id, live FROM allocation_live_counts ORDER BY user_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(counts, [("u1".to_owned(), 2), ("u2".to_owned(), 1)]);
+}
+
 gpuaas_testkit::both_backends!(a_whole_life_runs_on_a_pool_of_one_connection);
 /// No step of an allocation's life holds a connection while it waits for another: on a
 /// pool of one (and policy read on every use, as the test app does), a step that did
@@ -833,5 +905,5 @@ async fn a_whole_life_runs_on_a_pool_of_one_connection(backend: Backend) {
     step(&app).await;
     let released = show(&app, &world.user, &id).await;
     assert_eq!(released["status"], "released", "{released}");
-    assert_eq!(free_count_drift(&app).await, 0);
+    assert_counts_agree(&app).await;
 }

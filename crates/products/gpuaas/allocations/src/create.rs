@@ -16,8 +16,8 @@ use gpuaas_store::sqlx::{self, Row as _};
 use gpuaas_store::{Connection, Dialect, GroupCommit};
 
 use crate::service::{
-    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, created_transition,
-    record_from_row, to_json, transitions_json, username_for, validate_text,
+    COLUMNS, Journal, MAX_GPU_COUNT, MAX_NAME_LEN, MAX_SSH_KEYS, Record, created_transition, record_from_row, to_json,
+    transitions_json, username_for, validate_text,
 };
 use crate::ssh_keys::{SshKey, keys_by_id, owned_keys};
 use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations, NewAllocation};

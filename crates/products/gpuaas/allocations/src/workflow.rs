@@ -278,10 +278,8 @@ impl Allocations {
             let sql = format!(
                 "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT {room}{lock}"
             );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(Timestamp::now().as_micros())
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(Timestamp::now().as_micros()).fetch_all(&mut *tx).await?;
             for row in &rows {
                 let record = record_from_row(row)?;
                 // A told row that was also due is already held by this transaction.
