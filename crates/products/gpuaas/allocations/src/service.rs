@@ -636,7 +636,7 @@ impl Journal {
 
     /// Writes what was recorded, in order, on `connection` (the transaction that made
     /// the changes): row updates (with their transitions), events, usage opened and
-    /// closed, and last the freed GPUs' nodes.
+    /// closed, the freed GPUs' nodes, and last the live counts.
     pub(crate) async fn flush(&self, connection: &mut Connection) -> Result<(), AllocationError> {
         let Pending { events, updates, opened, closed, live } = std::mem::take(&mut *self.lock_pending());
         write_updates(connection, updates).await?;
