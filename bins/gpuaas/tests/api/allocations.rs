@@ -778,17 +778,23 @@ async fn any_sequence_of_moves_keeps_the_machine_legal_and_slots_held_iff_live(b
     assert_counts_agree(&app).await;
 }
 
-gpuaas_testkit::both_backends!(transitions_kept_in_their_own_table_move_into_their_rows);
-/// An installation with transitions in their own table keeps them, in order and with
-/// who and why, when they move into their allocations' rows.
-async fn transitions_kept_in_their_own_table_move_into_their_rows(backend: Backend) {
-    const MOVE: i64 = 2026120220;
+/// A fresh database with every migration before `version` applied, as an installation
+/// that has not yet taken it (the database lives as long as the first value).
+async fn migrated_before(backend: Backend, version: i64) -> (gpuaas_testkit::TestDatabase, gpuaas_store::Store) {
     let database = gpuaas_testkit::TestDatabase::create(backend).await;
     let store = gpuaas_store::Store::connect(&database.url, &gpuaas_store::PoolSettings::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let before: Vec<_> = gpuaas::migrations().into_iter().filter(|migration| migration.version < MOVE).collect();
+    let before: Vec<_> = gpuaas::migrations().into_iter().filter(|migration| migration.version < version).collect();
     store.migrate(&before).await.unwrap_or_else(|e| panic!("{e}"));
+    (database, store)
+}
+
+gpuaas_testkit::both_backends!(transitions_kept_in_their_own_table_move_into_their_rows);
+/// An installation with transitions in their own table keeps them, in order and with
+/// who and why, when they move into their allocations' rows.
+async fn transitions_kept_in_their_own_table_move_into_their_rows(backend: Backend) {
+    let (_database, store) = migrated_before(backend, 2026120220).await;
     for id in ["a-moved", "a-untouched"] {
         gpuaas_store::sqlx::query(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, sku_id, gpu_count, status, node_id, \
@@ -849,13 +855,7 @@ gpuaas_testkit::both_backends!(an_installation_s_live_allocations_are_counted_wh
 /// The caps read kept counts; an installation that had only its rows gets counts of
 /// its live allocations, per tenant, project and user, and none of its ended ones.
 async fn an_installation_s_live_allocations_are_counted_when_the_counts_are_made(backend: Backend) {
-    const COUNTS: i64 = 2026120260;
-    let database = gpuaas_testkit::TestDatabase::create(backend).await;
-    let store = gpuaas_store::Store::connect(&database.url, &gpuaas_store::PoolSettings::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let before: Vec<_> = gpuaas::migrations().into_iter().filter(|migration| migration.version < COUNTS).collect();
-    store.migrate(&before).await.unwrap_or_else(|e| panic!("{e}"));
+    let (_database, store) = migrated_before(backend, 2026120260).await;
     for (id, user, status) in [
         ("a1", "u1", "active"),
         ("a2", "u1", "release_failed"),

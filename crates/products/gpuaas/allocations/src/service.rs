@@ -498,7 +498,7 @@ fn journal_change(
     record.view.transitions.get_or_insert_with(Vec::new).push(transition);
     journal.record(event);
     if to.is_terminal() && !from.is_terminal() {
-        journal.ended(&record.view);
+        journal.count_live(&record.view, -1);
     }
     let view = &mut record.view;
     view.status = to;
@@ -619,9 +619,8 @@ impl Journal {
             None,
             &actor.correlation_id,
         )?;
-        let mut pending = self.lock_pending();
-        pending.events.push(requested);
-        *pending.live.entry(live_key(&record.view)).or_default() += 1;
+        self.record(Some(requested));
+        self.count_live(&record.view, 1);
         Ok(())
     }
 
@@ -629,9 +628,11 @@ impl Journal {
         self.lock_pending().events.extend(event);
     }
 
-    /// Counts `allocation` out of its live counts when the journal is flushed.
-    fn ended(&self, allocation: &Allocation) {
-        *self.lock_pending().live.entry(live_key(allocation)).or_default() -= 1;
+    /// Adds `delta` (a create's +1, an end's -1) to `allocation`'s live counts when the
+    /// journal is flushed.
+    fn count_live(&self, allocation: &Allocation, delta: i64) {
+        let key = (allocation.tenant_id.clone(), allocation.project_id.clone(), allocation.user_id.clone());
+        *self.lock_pending().live.entry(key).or_default() += delta;
     }
 
     /// Writes what was recorded, in order, on `connection` (the transaction that made
@@ -664,11 +665,6 @@ impl Journal {
         // the counts before the nodes here could wait on it in a cycle.
         write_live_counts(connection, &live).await
     }
-}
-
-/// The key of an allocation's row in `allocation_live_counts`.
-fn live_key(view: &Allocation) -> (String, String, String) {
-    (view.tenant_id.clone(), view.project_id.clone(), view.user_id.clone())
 }
 
 /// Adds `deltas` to the live counts, in key order, in one statement (a row is created
