@@ -107,6 +107,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let measured_since = Timestamp::now();
+    let cpu_before = CpuSample::take();
     if !settings.warmup.is_zero() && store.dialect() == gpuaas_store::Dialect::Postgres {
         gpuaas_store::sqlx::query("ANALYZE").execute(store.pool()).await?;
     }
@@ -114,6 +115,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         result??;
     }
     let run_seconds = measure_from.elapsed().as_secs_f64();
+    let cpu_after = CpuSample::take();
     // Let the workflow finish what is in flight before measuring it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
@@ -165,10 +167,86 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         percentile(&to_active, 0.50),
         percentile(&to_active, 0.99)
     );
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        println!("  {}", cpu_before_after(&before, &after, latencies.len(), run_seconds));
+    }
 
     accrual(&store, &policy, settings.accrual_records).await?;
     store.close().await;
     Ok(())
+}
+
+/// The machine's CPU counters (Linux `/proc`), to tell what the measured seconds cost
+/// and how much of the machine they had: on a shared host, time stolen by other guests
+/// lowers every figure above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuSample {
+    cores: u64,
+    /// Ticks of all cores: busy (user, nice, system, irq, softirq), stolen, in all.
+    busy: u64,
+    steal: u64,
+    total: u64,
+    /// Ticks this process ran (user and system).
+    own: u64,
+}
+
+impl CpuSample {
+    fn take() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        Self::parse(&stat, &own)
+    }
+
+    fn parse(stat: &str, own: &str) -> Option<Self> {
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks.try_into().ok()?;
+        let cores = stat.lines().filter(|line| line.starts_with("cpu") && !line.starts_with("cpu ")).count() as u64;
+        // The fields after the command's closing parenthesis, from the state on:
+        // utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = own.rsplit_once(") ")?.1.split_whitespace().collect();
+        let own = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Self {
+            cores: cores.max(1),
+            busy: user + nice + system + irq + softirq,
+            steal,
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+            own,
+        })
+    }
+}
+
+/// What the measured run cost in CPU, per create: the whole machine's (this process,
+/// its clients and simulated fleet, and the database when it runs here) and this
+/// process's, with the share of the machine stolen by other guests. Core-seconds come
+/// from the tick counts themselves (all cores tick together), so no clock rate is
+/// assumed.
+fn cpu_before_after(before: &CpuSample, after: &CpuSample, creates: usize, seconds: f64) -> String {
+    let total = after.total.saturating_sub(before.total).max(1) as f64;
+    let busy = after.busy.saturating_sub(before.busy) as f64 / total;
+    let steal = after.steal.saturating_sub(before.steal) as f64 / total;
+    let own = after.own.saturating_sub(before.own) as f64 / total;
+    let cores = after.cores as f64;
+    // A share of all ticks is that share of every core for the whole run.
+    let wall = |share: f64| share * cores;
+    let per_create = |share: f64| share * cores * seconds * 1000.0 / creates.max(1) as f64;
+    format!(
+        "CPU: {:.2} of {} cores busy ({:.0}% of the machine stolen by other guests); {:.2} of them this process; \
+         per create (and its release) {:.1} core-ms in all, {:.1} in this process",
+        wall(busy),
+        after.cores,
+        steal * 100.0,
+        wall(own),
+        per_create(busy),
+        per_create(own),
+    )
 }
 
 /// Registers and enrolls the fleet through the node plane, as agents would.
@@ -399,4 +477,35 @@ async fn accrual(store: &Store, policy: &PolicyClient, records: u32) -> anyhow::
         report.entries
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str =
+        "cpu  100 10 50 800 5 3 2 30 0 0\ncpu0 50 5 25 400 3 2 1 15 0 0\ncpu1 50 5 25 400 2 1 1 15 0 0\nintr 1\n";
+    const OWN: &str = "4242 (gpuaas (bench)) S 1 4242 4242 0 -1 4194560 100 0 0 0 70 20 0 0 20 0 9 0 100 0 0";
+
+    #[test]
+    fn cpu_counters_are_read_from_proc() {
+        assert_eq!(
+            CpuSample::parse(STAT, OWN),
+            Some(CpuSample { cores: 2, busy: 165, steal: 30, total: 1000, own: 90 })
+        );
+        assert_eq!(CpuSample::parse("intr 1\n", OWN), None);
+        assert_eq!(CpuSample::parse(STAT, "4242 (gpuaas) S 1"), None);
+    }
+
+    #[test]
+    fn cpu_per_create_is_the_busy_share_of_every_core_over_the_run() {
+        let before = CpuSample { cores: 2, busy: 0, steal: 0, total: 0, own: 0 };
+        // 10 s on 2 cores: half the ticks busy (10 core-seconds), a tenth stolen, a
+        // quarter this process's; 1,000 creates.
+        let after = CpuSample { cores: 2, busy: 1000, steal: 200, total: 2000, own: 500 };
+        let line = cpu_before_after(&before, &after, 1000, 10.0);
+        assert!(line.starts_with("CPU: 1.00 of 2 cores busy (10% of the machine stolen"), "{line}");
+        assert!(line.contains("0.50 of them this process"), "{line}");
+        assert!(line.ends_with("10.0 core-ms in all, 5.0 in this process"), "{line}");
+    }
 }
