@@ -92,6 +92,7 @@ struct Inner {
     waiters: tasks::Waiters,
     finished: tasks::FinishedListeners,
     finishes: tasks::FinishQueue,
+    leases: tasks::LeaseQueue,
 }
 
 impl NodePlane {
@@ -105,6 +106,7 @@ impl NodePlane {
         Self {
             inner: Arc::new(Inner {
                 finishes: tasks::finish_queue(store.dialect()),
+                leases: tasks::lease_queue(store.dialect()),
                 store,
                 policy,
                 ca,

@@ -207,6 +207,40 @@ async fn finish_leased_together(
     Ok(finished)
 }
 
+/// A pull looking for its node's queued tasks, waiting in [`LeaseQueue`]. A commit
+/// that queues tasks for many nodes wakes their pulls together; they then lease with
+/// one statement (and one commit) instead of one each.
+pub(crate) struct LeaseRequest {
+    node_id: String,
+}
+
+/// The queue lease requests wait in for their batch; `None` when the batch's statement
+/// failed and the pull must lease alone.
+pub(crate) type LeaseQueue = gpuaas_store::GroupCommit<LeaseRequest, Option<Leased>>;
+
+/// Most pulls in one lease statement (a sub-select each).
+const MAX_LEASE_BATCH: usize = 32;
+
+pub(crate) fn lease_queue(dialect: gpuaas_store::Dialect) -> LeaseQueue {
+    gpuaas_store::GroupCommit::for_writes(dialect, MAX_LEASE_BATCH)
+}
+
+/// What one pull leased: its tasks, oldest first, and the lease's start and end.
+#[derive(Debug)]
+pub(crate) struct Leased {
+    at: Timestamp,
+    until: Timestamp,
+    tasks: Vec<LeasedTask>,
+}
+
+#[derive(Debug)]
+struct LeasedTask {
+    id: String,
+    task_type: String,
+    params: String,
+    expires_at: i64,
+}
+
 fn task_from_row(row: &Row) -> Result<NodeTask, InventoryError> {
     let status: String = row.try_get("status")?;
     let params: String = row.try_get("params")?;
@@ -560,48 +594,138 @@ impl NodePlane {
         result
     }
 
+    /// Leases the node's oldest queued tasks (up to [`MAX_TASKS_PER_PULL`]) and signs
+    /// each for this delivery. Pulls that look at once (a commit that queued tasks for
+    /// many nodes wakes them all together) share one statement (see [`LeaseQueue`]).
     async fn lease(&self, node_id: &str) -> Result<Vec<SignedTask>, InventoryError> {
-        let lease = self.policy().get_duration_secs(keys::NODES_TASK_LEASE_SECONDS).await?;
-        let now = Timestamp::now();
-        let lease_until = now.saturating_add(lease);
-        // The outer condition names the node too: with only `id IN (…)` the planner
-        // read every queued task of the fleet to match the few picked.
-        let sql = format!(
-            "UPDATE node_tasks SET status = 'leased', attempts = attempts + 1, leased_at = $2, lease_expires_at = $3, \
-             first_leased_at = COALESCE(first_leased_at, $2) \
-             WHERE node_id = $1 AND status = 'queued' AND id IN (SELECT id FROM node_tasks WHERE node_id = $1 \
-             AND status = 'queued' AND expires_at > $2 ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}{}) \
-             RETURNING id, task_type, params, expires_at",
-            self.store().dialect().skip_locked()
-        );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(node_id.to_owned())
-            .bind(now.as_micros())
-            .bind(lease_until.as_micros());
-        let mut one = self.store().one_write().await?;
-        let rows = query.fetch_all(&mut *one).await?;
-        one.finish().await?;
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let task_type: String = row.try_get("task_type")?;
-            let params: String = row.try_get("params")?;
+        let request = LeaseRequest { node_id: node_id.to_owned() };
+        let this = self.clone();
+        let run = move |batch: Vec<LeaseRequest>| {
+            let this = this.clone();
+            async move { this.lease_batch(batch).await }
+        };
+        let leased = match self.inner.leases.submit(request, run).await {
+            Some(Some(leased)) => leased,
+            // The shared statement failed: this pull finds out alone what happens.
+            _ => self
+                .lease_together(&[node_id])
+                .await?
+                .pop()
+                .ok_or_else(|| InventoryError::Corrupt("a lone lease was left unanswered".into()))?,
+        };
+        let mut deliveries = Vec::with_capacity(leased.tasks.len());
+        for task in &leased.tasks {
             let params: serde_json::Value =
-                serde_json::from_str(&params).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
-            let expires_at = Timestamp::from_micros(row.try_get("expires_at")?).min(lease_until);
+                serde_json::from_str(&task.params).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
             deliveries.push(self.inner.signer.sign(&Delivery {
-                task_id: &id,
+                task_id: &task.id,
                 node_id,
-                task_type: &task_type,
+                task_type: &task.task_type,
                 params: &params,
-                not_before: now,
-                expires_at,
+                not_before: leased.at,
+                expires_at: Timestamp::from_micros(task.expires_at).min(leased.until),
             }));
         }
         if !deliveries.is_empty() {
             tracing::debug!(node_id, count = deliveries.len(), "tasks leased");
         }
         Ok(deliveries)
+    }
+
+    /// A batch of lease requests: each gets its node's tasks, or `None` for all when
+    /// the statement failed.
+    async fn lease_batch(&self, requests: Vec<LeaseRequest>) -> Vec<Option<Leased>> {
+        let nodes: Vec<&str> = requests.iter().map(|request| request.node_id.as_str()).collect();
+        match self.lease_together(&nodes).await {
+            Ok(leased) => leased.into_iter().map(Some).collect(),
+            Err(error) => {
+                tracing::warn!(%error, pulls = requests.len(), "batched task leases failed; taking them one by one");
+                requests.iter().map(|_| None).collect()
+            }
+        }
+    }
+
+    /// Leases the queued tasks of `nodes` in one statement, each node's oldest first
+    /// and at most [`MAX_TASKS_PER_PULL`] of them; answers in the order of `nodes`. A
+    /// node named twice gets its tasks the first time and none the second, as two
+    /// pulls of one node one after the other would.
+    async fn lease_together(&self, nodes: &[&str]) -> Result<Vec<Leased>, InventoryError> {
+        let lease = self.policy().get_duration_secs(keys::NODES_TASK_LEASE_SECONDS).await?;
+        let at = Timestamp::now();
+        let until = at.saturating_add(lease);
+        let mut distinct: Vec<&str> = nodes.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        const SET: &str = "UPDATE node_tasks SET status = 'leased', attempts = attempts + 1, leased_at = $1, \
+             lease_expires_at = $2, first_leased_at = COALESCE(first_leased_at, $1)";
+        const RETURNING: &str = "RETURNING node_tasks.node_id, node_tasks.id, node_tasks.task_type, \
+             node_tasks.params, node_tasks.expires_at, node_tasks.created_at";
+        // Each node's own oldest tasks, with its own limit (on PostgreSQL skipping rows
+        // another pull holds).
+        let pick = |node: &str| {
+            format!(
+                "SELECT id FROM node_tasks WHERE node_id = {node} AND status = 'queued' AND expires_at > $1 \
+                 ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}"
+            )
+        };
+        let (sql, nodes_bound): (String, Vec<String>) = match self.store().dialect() {
+            // One text for any number of nodes (a JSON list of them), so PostgreSQL
+            // plans it once per connection however many pulls share it. The picks are
+            // made once, before the update: a pick run again inside the join would pass
+            // over the rows the update had just changed and take the next ones, beyond
+            // the node's limit.
+            gpuaas_store::Dialect::Postgres => {
+                let sql = format!(
+                    "WITH picks AS MATERIALIZED (SELECT picked.id FROM \
+                     json_array_elements_text(CAST($3 AS json)) AS pulling (node_id) \
+                     CROSS JOIN LATERAL ({} FOR UPDATE SKIP LOCKED) AS picked) \
+                     {SET} FROM picks WHERE node_tasks.id = picks.id AND node_tasks.status = 'queued' {RETURNING}",
+                    pick("pulling.node_id")
+                );
+                let nodes = serde_json::to_string(&distinct).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
+                (sql, vec![nodes])
+            }
+            // SQLite has no LATERAL: a sub-select per node. The outer condition names
+            // the nodes too, so the planner does not read every queued task of the
+            // fleet to match the few picked.
+            gpuaas_store::Dialect::Sqlite => {
+                let picks: Vec<String> = (0..distinct.len())
+                    .map(|index| format!("SELECT id FROM ({}) AS node_{index}", pick(&format!("${}", index + 3))))
+                    .collect();
+                let sql = format!(
+                    "{SET} WHERE node_id IN ({}) AND status = 'queued' AND id IN ({}) {RETURNING}",
+                    gpuaas_store::placeholders(3, distinct.len()),
+                    picks.join(" UNION ALL ")
+                );
+                (sql, distinct.iter().map(|node| (*node).to_owned()).collect())
+            }
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at.as_micros()).bind(until.as_micros());
+        for node in nodes_bound {
+            query = query.bind(node);
+        }
+        let mut one = self.store().one_write().await?;
+        let rows = query.fetch_all(&mut *one).await?;
+        one.finish().await?;
+        let mut by_node: HashMap<String, Vec<(i64, LeasedTask)>> = HashMap::with_capacity(distinct.len());
+        for row in &rows {
+            let task = LeasedTask {
+                id: row.try_get("id")?,
+                task_type: row.try_get("task_type")?,
+                params: row.try_get("params")?,
+                expires_at: row.try_get("expires_at")?,
+            };
+            by_node.entry(row.try_get("node_id")?).or_default().push((row.try_get("created_at")?, task));
+        }
+        Ok(nodes
+            .iter()
+            .map(|node| {
+                let mut tasks = by_node.remove(*node).unwrap_or_default();
+                // Handed out oldest first, as queued.
+                tasks.sort_by(|(a_at, a), (b_at, b)| (a_at, &a.id).cmp(&(b_at, &b.id)));
+                Leased { at, until, tasks: tasks.into_iter().map(|(_, task)| task).collect() }
+            })
+            .collect())
     }
 
     /// Records the node's result for a task it holds. A second report of an already

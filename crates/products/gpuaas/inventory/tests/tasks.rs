@@ -487,6 +487,63 @@ async fn reports_arriving_together_are_each_answered_as_alone(backend: Backend) 
     }
 }
 
+/// Pulls that look at once share one lease statement: each still gets only its own
+/// node's tasks, oldest first and at most a pull's worth, and no task goes to two
+/// pulls, even when one node pulls twice at once.
+async fn pulls_leasing_together_each_get_their_own_node_s_tasks(backend: Backend) {
+    use gpuaas_nodeagent_protocol::wire::MAX_TASKS_PER_PULL;
+
+    let env = env(backend).await;
+    sku(&env, "h100-x8", 8).await;
+    let mut queued: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for index in 0..5 {
+        let node = enrolled(&env, &format!("gpu-{index:02}"), "h100-x8").await;
+        // One node more than a pull's worth, one node none at all.
+        let count = [MAX_TASKS_PER_PULL + 3, 1, 2, 0, 4][index];
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            ids.push(env.plane.enqueue_task(&operator(), &node.id, &Task::NodeHealth).await.unwrap().id);
+        }
+        queued.insert(node.id, ids);
+    }
+
+    let mut pulls = tokio::task::JoinSet::new();
+    for node in queued.keys() {
+        for _ in 0..2 {
+            let (plane, node) = (env.plane.clone(), node.clone());
+            pulls.spawn(async move { (node.clone(), plane.pull_tasks(&node, Duration::ZERO).await.unwrap()) });
+        }
+    }
+    let mut delivered: std::collections::HashMap<String, Vec<String>> = Default::default();
+    while let Some(joined) = pulls.join_next().await {
+        let (node, deliveries) = joined.unwrap();
+        assert!(deliveries.len() <= MAX_TASKS_PER_PULL, "a pull gets a pull's worth at most");
+        let order: Vec<usize> = deliveries
+            .iter()
+            .map(|delivery| {
+                assert_eq!(delivery.node_id, node, "a pull gets its own node's tasks only");
+                queued[&node].iter().position(|id| *id == delivery.task_id).expect("one of the node's tasks")
+            })
+            .collect();
+        assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "oldest first: {order:?}");
+        delivered.entry(node).or_default().extend(deliveries.into_iter().map(|delivery| delivery.task_id));
+    }
+    // Whatever the two concurrent pulls left, a last pull of each node takes.
+    for (node, ids) in &queued {
+        let mut got = delivered.remove(node).unwrap_or_default();
+        got.extend(env.plane.pull_tasks(node, Duration::ZERO).await.unwrap().into_iter().map(|d| d.task_id));
+        got.extend(env.plane.pull_tasks(node, Duration::ZERO).await.unwrap().into_iter().map(|d| d.task_id));
+        let mut expected = ids.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "every task of the node is delivered exactly once");
+        for id in ids {
+            let task = tasks::get(&env.store, id).await.unwrap();
+            assert_eq!((task.status, task.attempts), (TaskStatus::Leased, 1));
+        }
+    }
+}
+
 both_backends!(
     only_valid_tasks_for_enrolled_nodes_are_queued,
     deliveries_are_signed_for_their_node_alone,
@@ -500,4 +557,5 @@ both_backends!(
     probe_waits_for_the_agent,
     gathered_tasks_are_written_together_or_not_at_all,
     reports_arriving_together_are_each_answered_as_alone,
+    pulls_leasing_together_each_get_their_own_node_s_tasks,
 );
