@@ -232,7 +232,11 @@ fn cpu_before_after(before: &CpuSample, after: &CpuSample, creates: usize, secon
     let total = after.total.saturating_sub(before.total).max(1) as f64;
     let busy = after.busy.saturating_sub(before.busy) as f64 / total;
     let steal = after.steal.saturating_sub(before.steal) as f64 / total;
-    let own = after.own.saturating_sub(before.own) as f64 / total;
+    // A process's own count goes on while its core is stolen (the machine's busy count
+    // does not), so it is scaled down by the machine's stolen share of the time it was
+    // not idle.
+    let not_idle = busy + steal;
+    let own = after.own.saturating_sub(before.own) as f64 / total * if not_idle > 0.0 { busy / not_idle } else { 1.0 };
     let cores = after.cores as f64;
     // A share of all ticks is that share of every core for the whole run.
     let wall = |share: f64| share * cores;
@@ -500,12 +504,12 @@ mod tests {
     #[test]
     fn cpu_per_create_is_the_busy_share_of_every_core_over_the_run() {
         let before = CpuSample { cores: 2, busy: 0, steal: 0, total: 0, own: 0 };
-        // 10 s on 2 cores: half the ticks busy (10 core-seconds), a tenth stolen, a
-        // quarter this process's; 1,000 creates.
-        let after = CpuSample { cores: 2, busy: 1000, steal: 200, total: 2000, own: 500 };
+        // 10 s on 2 cores: half the ticks busy (10 core-seconds), an eighth stolen;
+        // this process counted 600 ticks, a fifth of them stolen; 1,000 creates.
+        let after = CpuSample { cores: 2, busy: 1000, steal: 250, total: 2000, own: 600 };
         let line = cpu_before_after(&before, &after, 1000, 10.0);
-        assert!(line.starts_with("CPU: 1.00 of 2 cores busy (10% of the machine stolen"), "{line}");
-        assert!(line.contains("0.50 of them this process"), "{line}");
-        assert!(line.ends_with("10.0 core-ms in all, 5.0 in this process"), "{line}");
+        assert!(line.starts_with("CPU: 1.00 of 2 cores busy (12% of the machine stolen"), "{line}");
+        assert!(line.contains("0.48 of them this process"), "{line}");
+        assert!(line.ends_with("10.0 core-ms in all, 4.8 in this process"), "{line}");
     }
 }
