@@ -218,7 +218,7 @@ pub(crate) struct LeaseRequest {
 /// failed and the pull must lease alone.
 pub(crate) type LeaseQueue = gpuaas_store::GroupCommit<LeaseRequest, Option<Leased>>;
 
-/// Most pulls in one lease statement (a sub-select each).
+/// Most pulls in one lease statement.
 const MAX_LEASE_BATCH: usize = 32;
 
 pub(crate) fn lease_queue(dialect: gpuaas_store::Dialect) -> LeaseQueue {
