@@ -207,16 +207,11 @@ async fn finish_leased_together(
     Ok(finished)
 }
 
-/// A pull looking for its node's queued tasks, waiting in [`LeaseQueue`]. A commit
-/// that queues tasks for many nodes wakes their pulls together; they then lease with
-/// one statement (and one commit) instead of one each.
-pub(crate) struct LeaseRequest {
-    node_id: String,
-}
-
-/// The queue lease requests wait in for their batch; `None` when the batch's statement
-/// failed and the pull must lease alone.
-pub(crate) type LeaseQueue = gpuaas_store::GroupCommit<LeaseRequest, Option<Leased>>;
+/// The queue pulls wait in, by node id, for a lease of their node's queued tasks. A
+/// commit that queues tasks for many nodes wakes their pulls together; they then lease
+/// with one statement (and one commit) instead of one each. `None` when the batch's
+/// statement failed and the pull must lease alone.
+pub(crate) type LeaseQueue = gpuaas_store::GroupCommit<String, Option<Leased>>;
 
 /// Most pulls in one lease statement.
 const MAX_LEASE_BATCH: usize = 32;
@@ -239,6 +234,7 @@ struct LeasedTask {
     task_type: String,
     params: String,
     expires_at: i64,
+    created_at: i64,
 }
 
 fn task_from_row(row: &Row) -> Result<NodeTask, InventoryError> {
@@ -598,13 +594,12 @@ impl NodePlane {
     /// each for this delivery. Pulls that look at once (a commit that queued tasks for
     /// many nodes wakes them all together) share one statement (see [`LeaseQueue`]).
     async fn lease(&self, node_id: &str) -> Result<Vec<SignedTask>, InventoryError> {
-        let request = LeaseRequest { node_id: node_id.to_owned() };
         let this = self.clone();
-        let run = move |batch: Vec<LeaseRequest>| {
+        let run = move |batch: Vec<String>| {
             let this = this.clone();
             async move { this.lease_batch(batch).await }
         };
-        let leased = match self.inner.leases.submit(request, run).await {
+        let leased = match self.inner.leases.submit(node_id.to_owned(), run).await {
             Some(Some(leased)) => leased,
             // The shared statement failed: this pull finds out alone what happens.
             _ => self
@@ -634,13 +629,13 @@ impl NodePlane {
 
     /// A batch of lease requests: each gets its node's tasks, or `None` for all when
     /// the statement failed.
-    async fn lease_batch(&self, requests: Vec<LeaseRequest>) -> Vec<Option<Leased>> {
-        let nodes: Vec<&str> = requests.iter().map(|request| request.node_id.as_str()).collect();
+    async fn lease_batch(&self, nodes: Vec<String>) -> Vec<Option<Leased>> {
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         match self.lease_together(&nodes).await {
             Ok(leased) => leased.into_iter().map(Some).collect(),
             Err(error) => {
-                tracing::warn!(%error, pulls = requests.len(), "batched task leases failed; taking them one by one");
-                requests.iter().map(|_| None).collect()
+                tracing::warn!(%error, pulls = nodes.len(), "batched task leases failed; taking them one by one");
+                nodes.iter().map(|_| None).collect()
             }
         }
     }
@@ -707,23 +702,24 @@ impl NodePlane {
         let mut one = self.store().one_write().await?;
         let rows = query.fetch_all(&mut *one).await?;
         one.finish().await?;
-        let mut by_node: HashMap<String, Vec<(i64, LeasedTask)>> = HashMap::with_capacity(distinct.len());
+        let mut by_node: HashMap<String, Vec<LeasedTask>> = HashMap::with_capacity(distinct.len());
         for row in &rows {
             let task = LeasedTask {
                 id: row.try_get("id")?,
                 task_type: row.try_get("task_type")?,
                 params: row.try_get("params")?,
                 expires_at: row.try_get("expires_at")?,
+                created_at: row.try_get("created_at")?,
             };
-            by_node.entry(row.try_get("node_id")?).or_default().push((row.try_get("created_at")?, task));
+            by_node.entry(row.try_get("node_id")?).or_default().push(task);
         }
         Ok(nodes
             .iter()
             .map(|node| {
                 let mut tasks = by_node.remove(*node).unwrap_or_default();
                 // Handed out oldest first, as queued.
-                tasks.sort_by(|(a_at, a), (b_at, b)| (a_at, &a.id).cmp(&(b_at, &b.id)));
-                Leased { at, until, tasks: tasks.into_iter().map(|(_, task)| task).collect() }
+                tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                Leased { at, until, tasks }
             })
             .collect())
     }
