@@ -223,13 +223,13 @@ async fn insert(connection: &mut Connection, logs: &[AuditLog]) -> Result<(), Au
     }
     let sql = format!(
         "INSERT INTO audit_logs (id, at, actor_id, actor_type, actor_role, action, target, tenant_id, result, \
-         correlation_id, details) VALUES {}",
-        gpuaas_store::value_rows(1, logs.len(), 11)
+         correlation_id, details) {}",
+        gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(logs.len(), ENTRIES_PER_INSERT), 11)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for log in logs {
+    for (log, padding) in gpuaas_store::padded(logs, ENTRIES_PER_INSERT) {
         query = query
-            .bind(log.id.clone())
+            .bind((!padding).then(|| log.id.clone()))
             .bind(log.at.as_micros())
             .bind(log.actor_id.clone())
             .bind(log.actor_type.as_str())

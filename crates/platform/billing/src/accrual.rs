@@ -216,13 +216,21 @@ async fn update_totals(
         let sql = format!(
             "WITH totals ({names}) AS (VALUES {}) UPDATE usage_records SET billed_seconds = totals.billed_seconds, \
              billed_minor = totals.billed_minor{ended} FROM totals WHERE usage_records.id = totals.id",
-            gpuaas_store::value_rows(1, records.len(), columns)
+            gpuaas_store::value_rows(1, gpuaas_store::batch_rows(records.len(), TOTALS_PER_UPDATE), columns)
         );
+        let rows: Vec<(&OpenRecord, &(i64, i64), Option<i64>)> = records
+            .iter()
+            .zip(totals)
+            .enumerate()
+            .map(|(index, (record, total))| {
+                (record, total, ended_at.and_then(|ended_at| ended_at.get(chunk * TOTALS_PER_UPDATE + index).copied()))
+            })
+            .collect();
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (index, (record, (seconds, minor))) in records.iter().zip(totals).enumerate() {
+        for ((record, (seconds, minor), ended), _) in gpuaas_store::padded(&rows, TOTALS_PER_UPDATE) {
             query = query.bind(record.id.as_str()).bind(*seconds).bind(*minor);
-            if let Some(ended_at) = ended_at {
-                query = query.bind(ended_at.get(chunk * TOTALS_PER_UPDATE + index).copied());
+            if ended_at.is_some() {
+                query = query.bind(*ended);
             }
         }
         query.execute(&mut *connection).await?;
@@ -279,10 +287,10 @@ pub async fn close_usages(
         let sql = format!(
             "SELECT allocation_id, ended_at, {OPEN_COLUMNS} FROM usage_records WHERE allocation_id IN ({}) \
              ORDER BY id{lock}",
-            gpuaas_store::placeholders(1, closes.len())
+            gpuaas_store::placeholders(1, gpuaas_store::batch_rows(closes.len(), 500))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for close in closes {
+        for (close, _) in gpuaas_store::padded(closes, 500) {
             query = query.bind(close.allocation_id);
         }
         let rows = query.fetch_all(&mut *connection).await?;

@@ -588,11 +588,13 @@ pub async fn balances_in(
     if balances.is_empty() {
         return Ok(balances);
     }
-    let placeholders = gpuaas_store::placeholders(1, balances.len());
+    let tenants: Vec<&String> = balances.keys().collect();
+    let most = gpuaas_store::LIST_PADDING_MOST;
+    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(tenants.len(), most));
     let sql = format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id IN ({})", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for tenant_id in balances.keys() {
-        query = query.bind(tenant_id.clone());
+    for (tenant_id, _) in gpuaas_store::padded(&tenants, most) {
+        query = query.bind((*tenant_id).clone());
     }
     for row in query.fetch_all(&mut *connection).await? {
         let balance = balance_from_row(&row)?;

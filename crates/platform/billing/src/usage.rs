@@ -105,13 +105,14 @@ pub async fn usage_for_allocations(
     if allocation_ids.is_empty() {
         return Ok(latest);
     }
-    let placeholders = gpuaas_store::placeholders(1, allocation_ids.len());
+    let most = gpuaas_store::LIST_PADDING_MOST;
+    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(allocation_ids.len(), most));
     let sql = format!(
         "SELECT {COLUMNS} FROM usage_records WHERE allocation_id IN ({}) ORDER BY started_at, id",
         placeholders
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in allocation_ids {
+    for (id, _) in gpuaas_store::padded(allocation_ids, most) {
         query = query.bind(*id);
     }
     for row in query.fetch_all(store.pool()).await? {
@@ -162,12 +163,12 @@ pub async fn insert_usage_records(
         })
         .collect();
     for chunk in stored.chunks(RECORDS_PER_INSERT) {
-        let sql =
-            format!("INSERT INTO usage_records ({COLUMNS}) VALUES {}", gpuaas_store::value_rows(1, chunk.len(), 13));
+        let rows = gpuaas_store::batch_rows(chunk.len(), RECORDS_PER_INSERT);
+        let sql = format!("INSERT INTO usage_records ({COLUMNS}) {}", gpuaas_store::insert_rows(1, rows, 13));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for record in chunk {
+        for (record, padding) in gpuaas_store::padded(chunk, RECORDS_PER_INSERT) {
             query = query
-                .bind(record.id.as_str())
+                .bind((!padding).then_some(record.id.as_str()))
                 .bind(record.tenant_id.as_str())
                 .bind(record.project_id.as_str())
                 .bind(record.allocation_id.as_str())

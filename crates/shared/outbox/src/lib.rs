@@ -57,17 +57,17 @@ pub async fn enqueue_many(connection: &mut Connection, events: &[EventEnvelope])
         envelopes.push(event.to_json().map_err(|e| OutboxError::InvalidEvent(e.to_string()))?);
     }
     for (events, envelopes) in events.chunks(EVENTS_PER_INSERT).zip(envelopes.chunks(EVENTS_PER_INSERT)) {
+        let rows: Vec<(&EventEnvelope, &String)> = events.iter().zip(envelopes).collect();
         let sql = format!(
-            "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) \
-             VALUES {}",
-            gpuaas_store::value_rows(1, events.len(), 6)
+            "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) {}",
+            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(rows.len(), EVENTS_PER_INSERT), 6)
         );
         let mut query = gpuaas_store::sqlx::query(gpuaas_store::sqlx::AssertSqlSafe(sql));
-        for (event, envelope) in events.iter().zip(envelopes) {
+        for ((event, envelope), padding) in gpuaas_store::padded(&rows, EVENTS_PER_INSERT) {
             query = query
-                .bind(event.id.to_string())
+                .bind((!padding).then(|| event.id.to_string()))
                 .bind(event.subject.clone())
-                .bind(envelope.clone())
+                .bind(String::clone(envelope))
                 .bind(event.correlation_id.clone())
                 // Due for delivery as soon as it occurred.
                 .bind(event.occurred_at.as_micros())

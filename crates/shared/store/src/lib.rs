@@ -211,6 +211,42 @@ pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
     (0..rows).map(|row| format!("({})", placeholders(first + row * columns, columns))).collect::<Vec<_>>().join(", ")
 }
 
+/// The rows a batched statement of `rows` rows is written for: the next power of two,
+/// but no more than `most` (the caller's chunk size, itself one of the counts).
+/// PostgreSQL plans each statement text on its own, five times on each connection
+/// before it settles on a generic plan and once more whenever a table's statistics
+/// change; one text per batch size made a few hundred texts of the hot path and about
+/// 1.5 plans per allocation's life (ADR 022). Written for size classes, a batched
+/// statement has a handful of texts.
+pub fn batch_rows(rows: usize, most: usize) -> usize {
+    if rows == 0 {
+        return 0;
+    }
+    rows.next_power_of_two().min(most.max(rows))
+}
+
+/// The most rows an unchunked `IN (…)` list is padded to; a longer list keeps its own
+/// length.
+pub const LIST_PADDING_MOST: usize = 1024;
+
+/// `items` padded to [`batch_rows`] for binding: each item with `false`, then the last
+/// item again, with `true`, on each padding row. A repeated row is harmless in an
+/// `IN (…)` list and in an `UPDATE … FROM (VALUES …)` join (a target row is updated
+/// once); an INSERT binds its key as NULL on padding rows and reads its rows through
+/// [`insert_rows`], which leaves them out.
+pub fn padded<T>(items: &[T], most: usize) -> impl Iterator<Item = (&T, bool)> {
+    let padding = batch_rows(items.len(), most) - items.len();
+    let last = items.last().into_iter().flat_map(move |last| std::iter::repeat_n((last, true), padding));
+    items.iter().map(|item| (item, false)).chain(last)
+}
+
+/// The rows of a batched INSERT written for [`padded`] rows: `SELECT * FROM (VALUES …)
+/// AS batch WHERE column1 IS NOT NULL`, the first column being the key that padding
+/// rows bind as NULL. Both engines name a `VALUES` list's columns `column1`, `column2`….
+pub fn insert_rows(first: usize, rows: usize, columns: usize) -> String {
+    format!("SELECT * FROM (VALUES {}) AS batch WHERE column1 IS NOT NULL", value_rows(first, rows, columns))
+}
+
 /// How long a pooled connection may sit idle before it is pinged on its next acquire.
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -329,6 +365,17 @@ mod tests {
         assert_eq!(placeholders(1, 0), "");
         assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(value_rows(4, 2, 3), "($4, $5, $6), ($7, $8, $9)");
+        assert_eq!(insert_rows(1, 1, 2), "SELECT * FROM (VALUES ($1, $2)) AS batch WHERE column1 IS NOT NULL");
+    }
+
+    #[test]
+    fn batches_are_padded_to_a_few_sizes_with_their_last_row() {
+        assert_eq!((0..=9).map(|rows| batch_rows(rows, 64)).collect::<Vec<_>>(), [0, 1, 2, 4, 4, 8, 8, 8, 8, 16]);
+        assert_eq!(batch_rows(40, 50), 50);
+        assert_eq!(batch_rows(70, 50), 70);
+        let rows: Vec<(&char, bool)> = padded(&['a', 'b', 'c'], 64).collect();
+        assert_eq!(rows, [(&'a', false), (&'b', false), (&'c', false), (&'c', true)]);
+        assert_eq!(padded::<char>(&[], 64).count(), 0);
     }
 
     #[test]

@@ -343,13 +343,14 @@ struct LiveCounts {
 
 impl LiveCounts {
     async fn read(connection: &mut Connection, tenants: &[&str]) -> Result<Self, AllocationError> {
-        let placeholders = gpuaas_store::placeholders(1, tenants.len());
+        let most = gpuaas_store::LIST_PADDING_MOST;
+        let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(tenants.len(), most));
         let sql = format!(
             "SELECT tenant_id, project_id, user_id, live FROM allocation_live_counts WHERE tenant_id IN ({})",
             placeholders
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for tenant in tenants {
+        for (tenant, _) in gpuaas_store::padded(tenants, most) {
             query = query.bind(*tenant);
         }
         let mut counts = Self { by_user: HashMap::new(), by_project: HashMap::new(), by_tenant: HashMap::new() };
@@ -418,11 +419,11 @@ async fn insert_allocations(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
              gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
              price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at, \
-             transitions) VALUES {} RETURNING {COLUMNS}",
-            gpuaas_store::value_rows(1, chunk.len(), 23)
+             transitions) {} RETURNING {COLUMNS}",
+            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(chunk.len(), ROWS_PER_INSERT), 23)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for pass in chunk {
+        for (pass, padding) in gpuaas_store::padded(chunk, ROWS_PER_INSERT) {
             let request = &requests[pass.index];
             let reservation = pass
                 .reservation
@@ -432,7 +433,7 @@ async fn insert_allocations(
             let share = |total: i64| total.saturating_mul(request.gpu_count) / sku.gpus_per_node.max(1);
             let authorized: Vec<&str> = pass.keys.iter().map(|key| key.public_key.as_str()).collect();
             query = query
-                .bind(pass.id.clone())
+                .bind((!padding).then(|| pass.id.clone()))
                 .bind(request.tenant_id.clone())
                 .bind(request.project_id.clone())
                 .bind(request.user_id.clone())

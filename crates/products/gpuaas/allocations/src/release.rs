@@ -196,10 +196,10 @@ async fn lock_many(
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    let placeholders = gpuaas_store::placeholders(1, ids.len());
+    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(ids.len(), MAX_BATCH));
     let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id IN ({}) ORDER BY id{lock}", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
+    for (id, _) in gpuaas_store::padded(ids, MAX_BATCH) {
         query = query.bind(*id);
     }
     let rows = query.fetch_all(&mut *connection).await?;

@@ -676,13 +676,14 @@ async fn write_live_counts(
     let changed: Vec<(&(String, String, String), &i64)> = deltas.iter().filter(|(_, delta)| **delta != 0).collect();
     for chunk in changed.chunks(UPDATES_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO allocation_live_counts (tenant_id, project_id, user_id, live) VALUES {} \
+            "INSERT INTO allocation_live_counts (tenant_id, project_id, user_id, live) {} \
              ON CONFLICT (tenant_id, project_id, user_id) DO UPDATE SET live = allocation_live_counts.live + excluded.live",
-            gpuaas_store::value_rows(1, chunk.len(), 4)
+            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(chunk.len(), UPDATES_PER_STATEMENT), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ((tenant, project, user), delta) in chunk {
-            query = query.bind(tenant.clone()).bind(project.clone()).bind(user.clone()).bind(**delta);
+        for (((tenant, project, user), delta), padding) in gpuaas_store::padded(chunk, UPDATES_PER_STATEMENT) {
+            query =
+                query.bind((!padding).then(|| tenant.clone())).bind(project.clone()).bind(user.clone()).bind(**delta);
         }
         query.execute(&mut *connection).await?;
     }
@@ -741,11 +742,15 @@ async fn write_updates(connection: &mut Connection, updates: Vec<RowUpdate>) -> 
                 "WITH v (id, from_status, {}) AS (VALUES {}) UPDATE allocations SET {} FROM v \
                  WHERE allocations.id = v.id AND allocations.status = v.from_status",
                 names.join(", "),
-                gpuaas_store::value_rows(1, chunk.len(), names.len() + 2),
+                gpuaas_store::value_rows(
+                    1,
+                    gpuaas_store::batch_rows(chunk.len(), UPDATES_PER_STATEMENT),
+                    names.len() + 2
+                ),
                 casts.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
+            for (row, _) in gpuaas_store::padded(chunk, UPDATES_PER_STATEMENT) {
                 query =
                     bind_values(query.bind(row.id.clone()).bind(row.from), row.columns.iter().map(|(_, v)| v.clone()));
             }

@@ -261,10 +261,10 @@ impl Allocations {
         if !told.is_empty() {
             let sql = format!(
                 "SELECT {COLUMNS} FROM allocations WHERE id IN ({}) AND workflow_due_at IS NOT NULL{lock}",
-                gpuaas_store::placeholders(1, told.len())
+                gpuaas_store::placeholders(1, gpuaas_store::batch_rows(told.len(), MAX_GROUP))
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in told {
+            for (id, _) in gpuaas_store::padded(told, MAX_GROUP) {
                 query = query.bind(id.as_str());
             }
             for row in query.fetch_all(&mut *tx).await? {
@@ -771,10 +771,10 @@ fn phase_has_time(record: &Record, now: Timestamp) -> bool {
 async fn look_again_later(tx: &mut Connection, ids: &[&str], due_at: Timestamp) -> Result<(), AllocationError> {
     let sql = format!(
         "UPDATE allocations SET workflow_due_at = $1 WHERE id IN ({})",
-        gpuaas_store::placeholders(2, ids.len())
+        gpuaas_store::placeholders(2, gpuaas_store::batch_rows(ids.len(), MAX_GROUP))
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due_at.as_micros());
-    for id in ids {
+    for (id, _) in gpuaas_store::padded(ids, MAX_GROUP) {
         query = query.bind(*id);
     }
     query.execute(&mut *tx).await?;

@@ -183,12 +183,12 @@ async fn finish_leased_together(
          error = CAST(done.error AS TEXT), completed_at = CAST(done.completed_at AS BIGINT) FROM done \
          WHERE node_tasks.id = done.id AND node_tasks.node_id = done.node_id AND node_tasks.status = 'leased' \
          AND node_tasks.task_type <> '{}' RETURNING {}",
-        gpuaas_store::value_rows(1, reports.len(), 6),
+        gpuaas_store::value_rows(1, gpuaas_store::batch_rows(reports.len(), MAX_FINISH_BATCH), 6),
         TaskType::NodeInventory.as_str(),
         returning.join(", ")
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for report in reports {
+    for (report, _) in gpuaas_store::padded(reports, MAX_FINISH_BATCH) {
         query = query
             .bind(report.task_id.clone())
             .bind(report.node_id.clone())
@@ -350,10 +350,10 @@ pub async fn states(
     let mut states = HashMap::with_capacity(task_ids.len());
     // Bounded IN lists: well under either engine's limit on parameters.
     for chunk in task_ids.chunks(500) {
-        let placeholders = gpuaas_store::placeholders(1, chunk.len());
+        let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(chunk.len(), 500));
         let sql = format!("SELECT id, status, error FROM node_tasks WHERE id IN ({})", placeholders);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for (id, _) in gpuaas_store::padded(chunk, 500) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {
@@ -508,19 +508,20 @@ impl NodePlane {
                  correlation_id, created_by, created_at) \
                  SELECT batch.id, nodes.id, batch.task_type, batch.params, 'queued', 0, $1, $2, batch.correlation_id, \
                  batch.created_by, batch.created_at FROM batch JOIN nodes ON nodes.id = batch.node_id \
-                 WHERE nodes.status NOT IN ('{}', '{}'){lock}",
-                gpuaas_store::value_rows(3, chunk.len(), 7),
+                 WHERE batch.id IS NOT NULL AND nodes.status NOT IN ('{}', '{}'){lock}",
+                gpuaas_store::value_rows(3, gpuaas_store::batch_rows(chunk.len(), TASKS_PER_INSERT), 7),
                 NodeStatus::Retired.as_str(),
                 NodeStatus::PendingEnrollment.as_str(),
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(max_attempts.max(1))
                 .bind(now.saturating_add(ttl).as_micros());
-            for task in chunk {
+            // Padding rows bind no id, which leaves them out (see `gpuaas_store::padded`).
+            for (task, padding) in gpuaas_store::padded(chunk, TASKS_PER_INSERT) {
                 // A microsecond apart, in the order queued: pulls hand tasks out oldest first.
                 created_at += 1;
                 query = query
-                    .bind(task.id.clone())
+                    .bind((!padding).then(|| task.id.clone()))
                     .bind(task.node_id.clone())
                     .bind(task.task.task_type().as_str())
                     .bind(task.task.params().to_string())
