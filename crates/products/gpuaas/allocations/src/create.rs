@@ -392,14 +392,14 @@ impl LiveCounts {
 /// Takes the creates lock of each tenant, in one statement and in the order of their
 /// keys, so two batches sharing tenants cannot deadlock.
 async fn lock_tenants(connection: &mut Connection, tenants: &[&str]) -> Result<(), AllocationError> {
-    let rows: Vec<String> = (1..=tenants.len()).map(|index| format!("(${index})")).collect();
+    let most = gpuaas_store::LIST_PADDING_MOST;
     let sql = format!(
         "SELECT pg_advisory_xact_lock(lock_key) FROM (SELECT DISTINCT hashtext(tenant_id) AS lock_key \
          FROM (VALUES {}) AS batch (tenant_id) ORDER BY lock_key OFFSET 0) AS keys",
-        rows.join(", ")
+        gpuaas_store::value_rows(1, gpuaas_store::batch_rows(tenants.len(), most), 1)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for tenant in tenants {
+    for (tenant, _) in gpuaas_store::padded(tenants, most) {
         query = query.bind(*tenant);
     }
     query.execute(&mut *connection).await?;

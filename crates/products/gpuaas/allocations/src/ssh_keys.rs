@@ -275,10 +275,11 @@ pub(crate) async fn keys_by_id(
     if ids.is_empty() {
         return Ok(std::collections::HashMap::new());
     }
-    let placeholders = gpuaas_store::placeholders(1, ids.len());
+    let most = gpuaas_store::LIST_PADDING_MOST;
+    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(ids.len(), most));
     let sql = format!("SELECT {KEY_COLUMNS} FROM ssh_keys WHERE id IN ({placeholders})");
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
+    for (id, _) in gpuaas_store::padded(ids, most) {
         query = query.bind(*id);
     }
     let rows = query.fetch_all(&mut *connection).await?;

@@ -32,8 +32,8 @@ use crate::events;
 use crate::service::{COLUMNS, Change, Journal, Record, Sets, Value, apply_journaled, record_from_row, schedule};
 use crate::{Actor, AllocationError, AllocationStatus, Allocations};
 
-/// Most steps one transaction of the runner takes.
-const MAX_GROUP: usize = 16;
+/// Most steps one transaction of the runner takes (ADR 023).
+const MAX_GROUP: usize = 64;
 /// How long a row whose step failed waits before the next try.
 const FAILED_STEP_RETRY: Duration = Duration::from_secs(30);
 /// Longest backoff between task attempts.
@@ -273,8 +273,10 @@ impl Allocations {
         }
         let room = due.saturating_sub(claimed.len());
         if room > 0 {
-            // The limit is in the text for the reason given at `due_count`; a group
-            // takes at most `MAX_GROUP`, so there are that many texts at most.
+            // The limit is in the text for the reason given at `due_count`, rounded up
+            // to a batch size class (ADR 022): a handful of texts, and a group that
+            // takes a few more due rows than it had room for.
+            let room = gpuaas_store::batch_rows(room, MAX_GROUP);
             let sql = format!(
                 "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT {room}{lock}"
             );
