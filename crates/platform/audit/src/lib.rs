@@ -221,13 +221,14 @@ async fn insert(connection: &mut Connection, logs: &[AuditLog]) -> Result<(), Au
     if logs.is_empty() {
         return Ok(());
     }
+    let batch = gpuaas_store::Padded::new(logs, ENTRIES_PER_INSERT);
     let sql = format!(
         "INSERT INTO audit_logs (id, at, actor_id, actor_type, actor_role, action, target, tenant_id, result, \
          correlation_id, details) {}",
-        gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(logs.len(), ENTRIES_PER_INSERT), 11)
+        batch.insert_rows(1, 11)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (log, padding) in gpuaas_store::padded(logs, ENTRIES_PER_INSERT) {
+    for (log, padding) in batch.rows() {
         query = query
             .bind((!padding).then(|| log.id.clone()))
             .bind(log.at.as_micros())

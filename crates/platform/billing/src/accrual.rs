@@ -206,28 +206,25 @@ async fn update_totals(
     ended_at: Option<&[i64]>,
 ) -> Result<(), BillingError> {
     let columns = if ended_at.is_some() { 4 } else { 3 };
-    for (chunk, (records, totals)) in
-        records.chunks(TOTALS_PER_UPDATE).zip(totals.chunks(TOTALS_PER_UPDATE)).enumerate()
-    {
-        let (names, ended) = match ended_at {
-            Some(_) => ("id, billed_seconds, billed_minor, ended_at", ", ended_at = totals.ended_at"),
-            None => ("id, billed_seconds, billed_minor", ""),
-        };
+    let (names, ended) = match ended_at {
+        Some(_) => ("id, billed_seconds, billed_minor, ended_at", ", ended_at = totals.ended_at"),
+        None => ("id, billed_seconds, billed_minor", ""),
+    };
+    let rows: Vec<(&OpenRecord, &(i64, i64), Option<i64>)> = records
+        .iter()
+        .zip(totals)
+        .enumerate()
+        .map(|(index, (record, total))| (record, total, ended_at.and_then(|ended_at| ended_at.get(index).copied())))
+        .collect();
+    for chunk in rows.chunks(TOTALS_PER_UPDATE) {
+        let batch = gpuaas_store::Padded::new(chunk, TOTALS_PER_UPDATE);
         let sql = format!(
             "WITH totals ({names}) AS (VALUES {}) UPDATE usage_records SET billed_seconds = totals.billed_seconds, \
              billed_minor = totals.billed_minor{ended} FROM totals WHERE usage_records.id = totals.id",
-            gpuaas_store::value_rows(1, gpuaas_store::batch_rows(records.len(), TOTALS_PER_UPDATE), columns)
+            batch.value_rows(1, columns)
         );
-        let rows: Vec<(&OpenRecord, &(i64, i64), Option<i64>)> = records
-            .iter()
-            .zip(totals)
-            .enumerate()
-            .map(|(index, (record, total))| {
-                (record, total, ended_at.and_then(|ended_at| ended_at.get(chunk * TOTALS_PER_UPDATE + index).copied()))
-            })
-            .collect();
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ((record, (seconds, minor), ended), _) in gpuaas_store::padded(&rows, TOTALS_PER_UPDATE) {
+        for ((record, (seconds, minor), ended), _) in batch.rows() {
             query = query.bind(record.id.as_str()).bind(*seconds).bind(*minor);
             if ended_at.is_some() {
                 query = query.bind(*ended);
@@ -284,13 +281,14 @@ pub async fn close_usages(
         // record of the allocations is read (an allocation has one or a few) and the
         // closed ones are skipped here: a condition on `ended_at` lets the planner add
         // the open-records index, and read all of it, to a lookup by allocation.
+        let batch = gpuaas_store::Padded::new(closes, 500);
         let sql = format!(
             "SELECT allocation_id, ended_at, {OPEN_COLUMNS} FROM usage_records WHERE allocation_id IN ({}) \
              ORDER BY id{lock}",
-            gpuaas_store::placeholders(1, gpuaas_store::batch_rows(closes.len(), 500))
+            batch.placeholders(1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (close, _) in gpuaas_store::padded(closes, 500) {
+        for (close, _) in batch.rows() {
             query = query.bind(close.allocation_id);
         }
         let rows = query.fetch_all(&mut *connection).await?;

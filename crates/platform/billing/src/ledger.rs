@@ -589,11 +589,11 @@ pub async fn balances_in(
         return Ok(balances);
     }
     let tenants: Vec<&String> = balances.keys().collect();
-    let most = gpuaas_store::LIST_PADDING_MOST;
-    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(tenants.len(), most));
+    let batch = gpuaas_store::Padded::new(&tenants, gpuaas_store::LIST_PADDING_MOST);
+    let placeholders = batch.placeholders(1);
     let sql = format!("SELECT {BALANCE_COLUMNS} FROM billing_accounts a WHERE a.tenant_id IN ({})", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (tenant_id, _) in gpuaas_store::padded(&tenants, most) {
+    for (tenant_id, _) in batch.rows() {
         query = query.bind((*tenant_id).clone());
     }
     for row in query.fetch_all(&mut *connection).await? {

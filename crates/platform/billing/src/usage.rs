@@ -105,14 +105,14 @@ pub async fn usage_for_allocations(
     if allocation_ids.is_empty() {
         return Ok(latest);
     }
-    let most = gpuaas_store::LIST_PADDING_MOST;
-    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(allocation_ids.len(), most));
+    let batch = gpuaas_store::Padded::new(allocation_ids, gpuaas_store::LIST_PADDING_MOST);
+    let placeholders = batch.placeholders(1);
     let sql = format!(
         "SELECT {COLUMNS} FROM usage_records WHERE allocation_id IN ({}) ORDER BY started_at, id",
         placeholders
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (id, _) in gpuaas_store::padded(allocation_ids, most) {
+    for (id, _) in batch.rows() {
         query = query.bind(*id);
     }
     for row in query.fetch_all(store.pool()).await? {
@@ -163,10 +163,10 @@ pub async fn insert_usage_records(
         })
         .collect();
     for chunk in stored.chunks(RECORDS_PER_INSERT) {
-        let rows = gpuaas_store::batch_rows(chunk.len(), RECORDS_PER_INSERT);
-        let sql = format!("INSERT INTO usage_records ({COLUMNS}) {}", gpuaas_store::insert_rows(1, rows, 13));
+        let batch = gpuaas_store::Padded::new(chunk, RECORDS_PER_INSERT);
+        let sql = format!("INSERT INTO usage_records ({COLUMNS}) {}", batch.insert_rows(1, 13));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (record, padding) in gpuaas_store::padded(chunk, RECORDS_PER_INSERT) {
+        for (record, padding) in batch.rows() {
             query = query
                 .bind((!padding).then_some(record.id.as_str()))
                 .bind(record.tenant_id.as_str())

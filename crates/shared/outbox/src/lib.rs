@@ -58,12 +58,13 @@ pub async fn enqueue_many(connection: &mut Connection, events: &[EventEnvelope])
     }
     for (events, envelopes) in events.chunks(EVENTS_PER_INSERT).zip(envelopes.chunks(EVENTS_PER_INSERT)) {
         let rows: Vec<(&EventEnvelope, &String)> = events.iter().zip(envelopes).collect();
+        let batch = gpuaas_store::Padded::new(&rows, EVENTS_PER_INSERT);
         let sql = format!(
             "INSERT INTO outbox_events (event_id, subject, envelope, correlation_id, occurred_at, next_attempt_at) {}",
-            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(rows.len(), EVENTS_PER_INSERT), 6)
+            batch.insert_rows(1, 6)
         );
         let mut query = gpuaas_store::sqlx::query(gpuaas_store::sqlx::AssertSqlSafe(sql));
-        for ((event, envelope), padding) in gpuaas_store::padded(&rows, EVENTS_PER_INSERT) {
+        for ((event, envelope), padding) in batch.rows() {
             query = query
                 .bind((!padding).then(|| event.id.to_string()))
                 .bind(event.subject.clone())

@@ -229,22 +229,48 @@ pub fn batch_rows(rows: usize, most: usize) -> usize {
 /// length.
 pub const LIST_PADDING_MOST: usize = 1024;
 
-/// `items` padded to [`batch_rows`] for binding: each item with `false`, then the last
-/// item again, with `true`, on each padding row. A repeated row is harmless in an
-/// `IN (…)` list and in an `UPDATE … FROM (VALUES …)` join (a target row is updated
-/// once); an INSERT binds its key as NULL on padding rows and reads its rows through
-/// [`insert_rows`], which leaves them out.
-pub fn padded<T>(items: &[T], most: usize) -> impl Iterator<Item = (&T, bool)> {
-    let padding = batch_rows(items.len(), most) - items.len();
-    let last = items.last().into_iter().flat_map(move |last| std::iter::repeat_n((last, true), padding));
-    items.iter().map(|item| (item, false)).chain(last)
+/// A batch written for [`batch_rows`] rows: its text and its binds come from here, so
+/// they always agree. Padding rows repeat the last item, which is harmless in an
+/// `IN (…)` list and in an `UPDATE … FROM (VALUES …)` join (both engines update a
+/// target row once, however many join rows match it); an INSERT binds its key as NULL
+/// on padding rows and reads its rows through [`Padded::insert_rows`], which leaves
+/// them out.
+pub struct Padded<'a, T> {
+    items: &'a [T],
+    rows: usize,
 }
 
-/// The rows of a batched INSERT written for [`padded`] rows: `SELECT * FROM (VALUES …)
-/// AS batch WHERE column1 IS NOT NULL`, the first column being the key that padding
-/// rows bind as NULL. Both engines name a `VALUES` list's columns `column1`, `column2`….
-pub fn insert_rows(first: usize, rows: usize, columns: usize) -> String {
-    format!("SELECT * FROM (VALUES {}) AS batch WHERE column1 IS NOT NULL", value_rows(first, rows, columns))
+impl<'a, T> Padded<'a, T> {
+    /// `items` padded to the next power of two, at most `most` (the caller's chunk size).
+    pub fn new(items: &'a [T], most: usize) -> Self {
+        Self { items, rows: batch_rows(items.len(), most) }
+    }
+
+    /// The batch's `IN (…)` placeholders from `$first` on.
+    pub fn placeholders(&self, first: usize) -> String {
+        placeholders(first, self.rows)
+    }
+
+    /// The batch's `VALUES` rows of `columns` placeholders from `$first` on.
+    pub fn value_rows(&self, first: usize, columns: usize) -> String {
+        value_rows(first, self.rows, columns)
+    }
+
+    /// The rows of a batched INSERT: `SELECT * FROM (VALUES …) AS batch WHERE column1
+    /// IS NOT NULL`, the first column being the key that padding rows bind as NULL.
+    /// Both engines name a `VALUES` list's columns `column1`, `column2`….
+    pub fn insert_rows(&self, first: usize, columns: usize) -> String {
+        format!("SELECT * FROM (VALUES {}) AS batch WHERE column1 IS NOT NULL", self.value_rows(first, columns))
+    }
+
+    /// Each item with `false`, then the last item again, with `true`, on each padding
+    /// row.
+    pub fn rows(&self) -> impl Iterator<Item = (&'a T, bool)> + use<'a, T> {
+        let items = self.items;
+        let padding = self.rows - items.len();
+        let last = items.last().into_iter().flat_map(move |last| std::iter::repeat_n((last, true), padding));
+        items.iter().map(|item| (item, false)).chain(last)
+    }
 }
 
 /// How long a pooled connection may sit idle before it is pinged on its next acquire.
@@ -365,7 +391,11 @@ mod tests {
         assert_eq!(placeholders(1, 0), "");
         assert_eq!(value_rows(1, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(value_rows(4, 2, 3), "($4, $5, $6), ($7, $8, $9)");
-        assert_eq!(insert_rows(1, 1, 2), "SELECT * FROM (VALUES ($1, $2)) AS batch WHERE column1 IS NOT NULL");
+        assert_eq!(
+            Padded::new(&[7], 64).insert_rows(1, 2),
+            "SELECT * FROM (VALUES ($1, $2)) AS batch WHERE column1 IS NOT NULL"
+        );
+        assert_eq!(Padded::new(&[7, 8, 9], 64).placeholders(2), "$2, $3, $4, $5");
     }
 
     #[test]
@@ -373,9 +403,9 @@ mod tests {
         assert_eq!((0..=9).map(|rows| batch_rows(rows, 64)).collect::<Vec<_>>(), [0, 1, 2, 4, 4, 8, 8, 8, 8, 16]);
         assert_eq!(batch_rows(40, 50), 50);
         assert_eq!(batch_rows(70, 50), 70);
-        let rows: Vec<(&char, bool)> = padded(&['a', 'b', 'c'], 64).collect();
+        let rows: Vec<(&char, bool)> = Padded::new(&['a', 'b', 'c'], 64).rows().collect();
         assert_eq!(rows, [(&'a', false), (&'b', false), (&'c', false), (&'c', true)]);
-        assert_eq!(padded::<char>(&[], 64).count(), 0);
+        assert_eq!(Padded::<char>::new(&[], 64).rows().count(), 0);
     }
 
     #[test]

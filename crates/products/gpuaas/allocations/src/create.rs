@@ -343,14 +343,14 @@ struct LiveCounts {
 
 impl LiveCounts {
     async fn read(connection: &mut Connection, tenants: &[&str]) -> Result<Self, AllocationError> {
-        let most = gpuaas_store::LIST_PADDING_MOST;
-        let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(tenants.len(), most));
+        let batch = gpuaas_store::Padded::new(tenants, gpuaas_store::LIST_PADDING_MOST);
+        let placeholders = batch.placeholders(1);
         let sql = format!(
             "SELECT tenant_id, project_id, user_id, live FROM allocation_live_counts WHERE tenant_id IN ({})",
             placeholders
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (tenant, _) in gpuaas_store::padded(tenants, most) {
+        for (tenant, _) in batch.rows() {
             query = query.bind(*tenant);
         }
         let mut counts = Self { by_user: HashMap::new(), by_project: HashMap::new(), by_tenant: HashMap::new() };
@@ -392,14 +392,14 @@ impl LiveCounts {
 /// Takes the creates lock of each tenant, in one statement and in the order of their
 /// keys, so two batches sharing tenants cannot deadlock.
 async fn lock_tenants(connection: &mut Connection, tenants: &[&str]) -> Result<(), AllocationError> {
-    let most = gpuaas_store::LIST_PADDING_MOST;
+    let batch = gpuaas_store::Padded::new(tenants, gpuaas_store::LIST_PADDING_MOST);
     let sql = format!(
         "SELECT pg_advisory_xact_lock(lock_key) FROM (SELECT DISTINCT hashtext(tenant_id) AS lock_key \
          FROM (VALUES {}) AS batch (tenant_id) ORDER BY lock_key OFFSET 0) AS keys",
-        gpuaas_store::value_rows(1, gpuaas_store::batch_rows(tenants.len(), most), 1)
+        batch.value_rows(1, 1)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (tenant, _) in gpuaas_store::padded(tenants, most) {
+    for (tenant, _) in batch.rows() {
         query = query.bind(*tenant);
     }
     query.execute(&mut *connection).await?;
@@ -415,15 +415,16 @@ async fn insert_allocations(
 ) -> Result<HashMap<String, Record>, AllocationError> {
     let mut records = HashMap::with_capacity(placed.len());
     for chunk in placed.chunks(ROWS_PER_INSERT) {
+        let batch = gpuaas_store::Padded::new(chunk, ROWS_PER_INSERT);
         let sql = format!(
             "INSERT INTO allocations (id, tenant_id, project_id, user_id, name, sku_id, gpu_count, status, node_id, \
              gpu_indices, ssh_host, ssh_username, authorized_keys, ssh_key_ids, cpu_millicores, memory_bytes, \
              price_per_gpu_hour_minor, currency, correlation_id, workflow_due_at, created_at, updated_at, \
              transitions) {} RETURNING {COLUMNS}",
-            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(chunk.len(), ROWS_PER_INSERT), 23)
+            batch.insert_rows(1, 23)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (pass, padding) in gpuaas_store::padded(chunk, ROWS_PER_INSERT) {
+        for (pass, padding) in batch.rows() {
             let request = &requests[pass.index];
             let reservation = pass
                 .reservation

@@ -196,10 +196,11 @@ async fn lock_many(
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     };
-    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(ids.len(), MAX_BATCH));
+    let batch = gpuaas_store::Padded::new(ids, MAX_BATCH);
+    let placeholders = batch.placeholders(1);
     let sql = format!("SELECT {COLUMNS} FROM allocations WHERE id IN ({}) ORDER BY id{lock}", placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (id, _) in gpuaas_store::padded(ids, MAX_BATCH) {
+    for (id, _) in batch.rows() {
         query = query.bind(*id);
     }
     let rows = query.fetch_all(&mut *connection).await?;

@@ -675,13 +675,14 @@ async fn write_live_counts(
 ) -> Result<(), AllocationError> {
     let changed: Vec<(&(String, String, String), &i64)> = deltas.iter().filter(|(_, delta)| **delta != 0).collect();
     for chunk in changed.chunks(UPDATES_PER_STATEMENT) {
+        let batch = gpuaas_store::Padded::new(chunk, UPDATES_PER_STATEMENT);
         let sql = format!(
             "INSERT INTO allocation_live_counts (tenant_id, project_id, user_id, live) {} \
              ON CONFLICT (tenant_id, project_id, user_id) DO UPDATE SET live = allocation_live_counts.live + excluded.live",
-            gpuaas_store::insert_rows(1, gpuaas_store::batch_rows(chunk.len(), UPDATES_PER_STATEMENT), 4)
+            batch.insert_rows(1, 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (((tenant, project, user), delta), padding) in gpuaas_store::padded(chunk, UPDATES_PER_STATEMENT) {
+        for (((tenant, project, user), delta), padding) in batch.rows() {
             query =
                 query.bind((!padding).then(|| tenant.clone())).bind(project.clone()).bind(user.clone()).bind(**delta);
         }
@@ -727,6 +728,7 @@ async fn write_updates(connection: &mut Connection, updates: Vec<RowUpdate>) -> 
     }
     for (names, rows) in shapes {
         for chunk in rows.chunks(UPDATES_PER_STATEMENT) {
+            let batch = gpuaas_store::Padded::new(chunk, UPDATES_PER_STATEMENT);
             let casts: Vec<String> = chunk[0]
                 .columns
                 .iter()
@@ -742,15 +744,11 @@ async fn write_updates(connection: &mut Connection, updates: Vec<RowUpdate>) -> 
                 "WITH v (id, from_status, {}) AS (VALUES {}) UPDATE allocations SET {} FROM v \
                  WHERE allocations.id = v.id AND allocations.status = v.from_status",
                 names.join(", "),
-                gpuaas_store::value_rows(
-                    1,
-                    gpuaas_store::batch_rows(chunk.len(), UPDATES_PER_STATEMENT),
-                    names.len() + 2
-                ),
+                batch.value_rows(1, names.len() + 2),
                 casts.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (row, _) in gpuaas_store::padded(chunk, UPDATES_PER_STATEMENT) {
+            for (row, _) in batch.rows() {
                 query =
                     bind_values(query.bind(row.id.clone()).bind(row.from), row.columns.iter().map(|(_, v)| v.clone()));
             }

@@ -275,11 +275,11 @@ pub(crate) async fn keys_by_id(
     if ids.is_empty() {
         return Ok(std::collections::HashMap::new());
     }
-    let most = gpuaas_store::LIST_PADDING_MOST;
-    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(ids.len(), most));
+    let batch = gpuaas_store::Padded::new(ids, gpuaas_store::LIST_PADDING_MOST);
+    let placeholders = batch.placeholders(1);
     let sql = format!("SELECT {KEY_COLUMNS} FROM ssh_keys WHERE id IN ({placeholders})");
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (id, _) in gpuaas_store::padded(ids, most) {
+    for (id, _) in batch.rows() {
         query = query.bind(*id);
     }
     let rows = query.fetch_all(&mut *connection).await?;

@@ -259,12 +259,13 @@ impl Allocations {
         let lock = store.dialect().skip_locked();
         let mut claimed: Vec<Record> = Vec::new();
         if !told.is_empty() {
+            let batch = gpuaas_store::Padded::new(told, MAX_GROUP);
             let sql = format!(
                 "SELECT {COLUMNS} FROM allocations WHERE id IN ({}) AND workflow_due_at IS NOT NULL{lock}",
-                gpuaas_store::placeholders(1, gpuaas_store::batch_rows(told.len(), MAX_GROUP))
+                batch.placeholders(1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, _) in gpuaas_store::padded(told, MAX_GROUP) {
+            for (id, _) in batch.rows() {
                 query = query.bind(id.as_str());
             }
             for row in query.fetch_all(&mut *tx).await? {
@@ -771,12 +772,10 @@ fn phase_has_time(record: &Record, now: Timestamp) -> bool {
 /// Hands claimed rows whose task is still in flight back, due again at `due_at`, in
 /// the claiming transaction.
 async fn look_again_later(tx: &mut Connection, ids: &[&str], due_at: Timestamp) -> Result<(), AllocationError> {
-    let sql = format!(
-        "UPDATE allocations SET workflow_due_at = $1 WHERE id IN ({})",
-        gpuaas_store::placeholders(2, gpuaas_store::batch_rows(ids.len(), MAX_GROUP))
-    );
+    let batch = gpuaas_store::Padded::new(ids, MAX_GROUP);
+    let sql = format!("UPDATE allocations SET workflow_due_at = $1 WHERE id IN ({})", batch.placeholders(2));
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(due_at.as_micros());
-    for (id, _) in gpuaas_store::padded(ids, MAX_GROUP) {
+    for (id, _) in batch.rows() {
         query = query.bind(*id);
     }
     query.execute(&mut *tx).await?;

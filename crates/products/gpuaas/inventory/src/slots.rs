@@ -142,11 +142,9 @@ pub async fn reserve_many(
     let mut nodes: Vec<(String, String)> = Vec::new();
     for size in sizes {
         let count = wanted.iter().filter(|want| want.gpu_count == size).count();
-        let most = gpuaas_store::LIST_PADDING_MOST;
-        let excluded = match gpuaas_store::batch_rows(nodes.len(), most) {
-            0 => String::new(),
-            excluded => format!(" AND id NOT IN ({})", gpuaas_store::placeholders(4, excluded)),
-        };
+        let taken_nodes = gpuaas_store::Padded::new(&nodes, gpuaas_store::LIST_PADDING_MOST);
+        let excluded =
+            if nodes.is_empty() { String::new() } else { format!(" AND id NOT IN ({})", taken_nodes.placeholders(4)) };
         let sql = format!(
             "SELECT id, hostname FROM nodes WHERE sku_id = $1 AND status = 'active' AND free_gpus >= $2{excluded} \
              ORDER BY {order}, id LIMIT $3{lock}"
@@ -155,7 +153,7 @@ pub async fn reserve_many(
             .bind(sku_id)
             .bind(size)
             .bind(i64::try_from(count).unwrap_or(i64::MAX));
-        for ((id, _), _) in gpuaas_store::padded(&nodes, most) {
+        for ((id, _), _) in taken_nodes.rows() {
             query = query.bind(id.clone());
         }
         let found: Vec<(String, String)> = query.fetch_all(&mut *connection).await?;
@@ -166,15 +164,15 @@ pub async fn reserve_many(
     }
     // The nodes are locked, so their free slots stay free until this commits; the claim
     // below is still conditioned on each slot being free, and checked.
-    let most = gpuaas_store::LIST_PADDING_MOST;
-    let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(nodes.len(), most));
+    let batch = gpuaas_store::Padded::new(&nodes, gpuaas_store::LIST_PADDING_MOST);
+    let placeholders = batch.placeholders(1);
     let sql = format!(
         "SELECT node_id, gpu_index FROM node_resource_slots WHERE allocation_id IS NULL AND node_id IN ({}) \
          ORDER BY node_id, gpu_index",
         placeholders
     );
     let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-    for ((id, _), _) in gpuaas_store::padded(&nodes, most) {
+    for ((id, _), _) in batch.rows() {
         query = query.bind(id.clone());
     }
     let free: Vec<(String, i64)> = query.fetch_all(&mut *connection).await?;
@@ -197,15 +195,16 @@ pub async fn reserve_many(
     }
     let now = Timestamp::now().as_micros();
     for chunk in claims.chunks(CLAIMS_PER_UPDATE) {
+        let batch = gpuaas_store::Padded::new(chunk, CLAIMS_PER_UPDATE);
         let sql = format!(
             "WITH claims (node_id, gpu_index, allocation_id) AS (VALUES {}) \
              UPDATE node_resource_slots SET allocation_id = claims.allocation_id, reserved_at = $1 FROM claims \
              WHERE node_resource_slots.node_id = claims.node_id AND node_resource_slots.gpu_index = claims.gpu_index \
              AND node_resource_slots.allocation_id IS NULL",
-            gpuaas_store::value_rows(2, gpuaas_store::batch_rows(chunk.len(), CLAIMS_PER_UPDATE), 3)
+            batch.value_rows(2, 3)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-        for ((node, index, allocation), _) in gpuaas_store::padded(chunk, CLAIMS_PER_UPDATE) {
+        for ((node, index, allocation), _) in batch.rows() {
             query = query.bind(*node).bind(*index).bind(*allocation);
         }
         if query.execute(&mut *connection).await?.rows_affected() != chunk.len() as u64 {
@@ -218,13 +217,14 @@ pub async fn reserve_many(
         *taken.entry(node).or_default() += 1;
     }
     let taken: Vec<(&str, i64)> = taken.into_iter().collect();
+    let batch = gpuaas_store::Padded::new(&taken, gpuaas_store::LIST_PADDING_MOST);
     let sql = format!(
         "WITH taken (id, gpus) AS (VALUES {}) UPDATE nodes SET free_gpus = nodes.free_gpus - taken.gpus FROM taken \
          WHERE nodes.id = taken.id",
-        gpuaas_store::value_rows(1, gpuaas_store::batch_rows(taken.len(), most), 2)
+        batch.value_rows(1, 2)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for ((node, gpus), _) in gpuaas_store::padded(&taken, most) {
+    for ((node, gpus), _) in batch.rows() {
         query = query.bind(*node).bind(*gpus);
     }
     query.execute(&mut *connection).await?;
@@ -380,15 +380,13 @@ async fn credit_nodes(
 ) -> Result<(), InventoryError> {
     let per_node: Vec<(&String, &i64)> = per_node.iter().collect();
     for chunk in per_node.chunks(CREDITS_PER_UPDATE) {
+        let batch = gpuaas_store::Padded::new(chunk, CREDITS_PER_UPDATE);
         // SQLite's one writer already excludes the others.
         let lock = NodeLock::Place.clause(Dialect::of(connection));
         if !lock.is_empty() {
-            let sql = format!(
-                "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock}",
-                gpuaas_store::placeholders(1, gpuaas_store::batch_rows(chunk.len(), CREDITS_PER_UPDATE))
-            );
+            let sql = format!("SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock}", batch.placeholders(1));
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for ((node, _), _) in gpuaas_store::padded(chunk, CREDITS_PER_UPDATE) {
+            for ((node, _), _) in batch.rows() {
                 query = query.bind(node.as_str());
             }
             query.fetch_all(&mut *connection).await?;
@@ -396,10 +394,10 @@ async fn credit_nodes(
         let sql = format!(
             "WITH credit (id, freed) AS (VALUES {}) UPDATE nodes SET free_gpus = free_gpus + credit.freed \
              FROM credit WHERE nodes.id = credit.id",
-            gpuaas_store::value_rows(1, gpuaas_store::batch_rows(chunk.len(), CREDITS_PER_UPDATE), 2)
+            batch.value_rows(1, 2)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ((node, count), _) in gpuaas_store::padded(chunk, CREDITS_PER_UPDATE) {
+        for ((node, count), _) in batch.rows() {
             query = query.bind(node.as_str()).bind(**count);
         }
         query.execute(&mut *connection).await?;
@@ -416,15 +414,15 @@ async fn unclaim(connection: &mut Connection, allocation_ids: &[String]) -> Resu
     if allocation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders =
-        gpuaas_store::placeholders(1, gpuaas_store::batch_rows(allocation_ids.len(), UNCLAIMS_PER_UPDATE));
+    let batch = gpuaas_store::Padded::new(allocation_ids, UNCLAIMS_PER_UPDATE);
+    let placeholders = batch.placeholders(1);
     let sql = format!(
         "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id IN ({}) \
          RETURNING node_id",
         placeholders
     );
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for (id, _) in gpuaas_store::padded(allocation_ids, UNCLAIMS_PER_UPDATE) {
+    for (id, _) in batch.rows() {
         query = query.bind(id.clone());
     }
     Ok(query.fetch_all(&mut *connection).await?)

@@ -176,6 +176,7 @@ async fn finish_leased_together(
     store: &Store,
     reports: &[&FinishReport],
 ) -> Result<HashMap<(String, String), NodeTask>, InventoryError> {
+    let batch = gpuaas_store::Padded::new(reports, MAX_FINISH_BATCH);
     let returning: Vec<String> = TASK_COLUMNS.split(", ").map(|column| format!("node_tasks.{column}")).collect();
     let sql = format!(
         "WITH done (id, node_id, status, result, error, completed_at) AS (VALUES {}) \
@@ -183,12 +184,12 @@ async fn finish_leased_together(
          error = CAST(done.error AS TEXT), completed_at = CAST(done.completed_at AS BIGINT) FROM done \
          WHERE node_tasks.id = done.id AND node_tasks.node_id = done.node_id AND node_tasks.status = 'leased' \
          AND node_tasks.task_type <> '{}' RETURNING {}",
-        gpuaas_store::value_rows(1, gpuaas_store::batch_rows(reports.len(), MAX_FINISH_BATCH), 6),
+        batch.value_rows(1, 6),
         TaskType::NodeInventory.as_str(),
         returning.join(", ")
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (report, _) in gpuaas_store::padded(reports, MAX_FINISH_BATCH) {
+    for (report, _) in batch.rows() {
         query = query
             .bind(report.task_id.clone())
             .bind(report.node_id.clone())
@@ -350,10 +351,11 @@ pub async fn states(
     let mut states = HashMap::with_capacity(task_ids.len());
     // Bounded IN lists: well under either engine's limit on parameters.
     for chunk in task_ids.chunks(500) {
-        let placeholders = gpuaas_store::placeholders(1, gpuaas_store::batch_rows(chunk.len(), 500));
+        let batch = gpuaas_store::Padded::new(chunk, 500);
+        let placeholders = batch.placeholders(1);
         let sql = format!("SELECT id, status, error FROM node_tasks WHERE id IN ({})", placeholders);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, _) in gpuaas_store::padded(chunk, 500) {
+        for (id, _) in batch.rows() {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {
@@ -502,6 +504,7 @@ impl NodePlane {
             gpuaas_store::Dialect::Sqlite => "",
         };
         for chunk in tasks.chunks(TASKS_PER_INSERT) {
+            let batch = gpuaas_store::Padded::new(chunk, TASKS_PER_INSERT);
             let sql = format!(
                 "WITH batch (id, node_id, task_type, params, correlation_id, created_by, created_at) AS (VALUES {}) \
                  INSERT INTO node_tasks (id, node_id, task_type, params, status, attempts, max_attempts, expires_at, \
@@ -509,15 +512,15 @@ impl NodePlane {
                  SELECT batch.id, nodes.id, batch.task_type, batch.params, 'queued', 0, $1, $2, batch.correlation_id, \
                  batch.created_by, batch.created_at FROM batch JOIN nodes ON nodes.id = batch.node_id \
                  WHERE batch.id IS NOT NULL AND nodes.status NOT IN ('{}', '{}'){lock}",
-                gpuaas_store::value_rows(3, gpuaas_store::batch_rows(chunk.len(), TASKS_PER_INSERT), 7),
+                batch.value_rows(3, 7),
                 NodeStatus::Retired.as_str(),
                 NodeStatus::PendingEnrollment.as_str(),
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(max_attempts.max(1))
                 .bind(now.saturating_add(ttl).as_micros());
-            // Padding rows bind no id, which leaves them out (see `gpuaas_store::padded`).
-            for (task, padding) in gpuaas_store::padded(chunk, TASKS_PER_INSERT) {
+            // Padding rows bind no id, which leaves them out (see `gpuaas_store::Padded`).
+            for (task, padding) in batch.rows() {
                 // A microsecond apart, in the order queued: pulls hand tasks out oldest first.
                 created_at += 1;
                 query = query
