@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 mod process;
 
-use process::{Running, agent_binary, gpuaas, start, terminate};
+use process::{ProcessLog, Running, agent_binary, gpuaas, start, terminate};
 
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
@@ -27,6 +27,9 @@ struct Platform {
     internal_url: String,
     client: reqwest::Client,
     token: String,
+    log: ProcessLog,
+    /// Every agent run's stderr, one after another.
+    agent_log: ProcessLog,
     _data: tempfile::TempDir,
 }
 
@@ -41,7 +44,7 @@ impl Platform {
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
             .env("GPUAAS_ADMIN_EMAIL", ADMIN_EMAIL)
             .env("GPUAAS_ADMIN_PASSWORD", ADMIN_PASSWORD);
-        let Running { child, url, internal_url } = start(command).await;
+        let Running { child, url, internal_url, log } = start(command).await;
         let client = reqwest::Client::new();
         let login: serde_json::Value = client
             .post(format!("{url}/api/v1/auth/personal/login"))
@@ -53,7 +56,7 @@ impl Platform {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let token = login["access_token"].as_str().unwrap_or_else(|| panic!("no token: {login}")).to_owned();
-        Self { child, url, internal_url, client, token, _data: data }
+        Self { child, url, internal_url, client, token, log, agent_log: ProcessLog::default(), _data: data }
     }
 
     async fn call(
@@ -98,6 +101,33 @@ impl Platform {
         (id, token)
     }
 
+    /// Probes the node and follows the task until it finishes. The probe answers 202
+    /// when the node has not answered within the policy's wait, which a slow host can
+    /// reach; what is checked is the task's outcome, so the test follows it on.
+    async fn probe(&self, node_id: &str) -> serde_json::Value {
+        let (status, mut task) =
+            self.call(reqwest::Method::POST, &format!("/api/v1/admin/nodes/{node_id}/probe"), None).await;
+        assert!(status == 200 || status == 202, "{status}: {task}");
+        let id = task["id"].as_str().unwrap_or_else(|| panic!("no task id: {task}")).to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(task["status"].as_str(), Some("succeeded" | "failed" | "expired")) {
+            assert!(Instant::now() < deadline, "the probe never finished: {task}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, page) =
+                self.call(reqwest::Method::GET, &format!("/api/v1/admin/nodes/{node_id}/tasks?limit=200"), None).await;
+            assert_eq!(status, 200, "{page}");
+            if let Some(latest) = page["items"].as_array().and_then(|items| items.iter().find(|t| t["id"] == id)) {
+                task = latest.clone();
+            }
+        }
+        task
+    }
+
+    /// The ends of the platform's and the agents' logs, for a failure message.
+    fn logs(&self) -> String {
+        format!("--- platform log ---\n{}\n--- agent log ---\n{}", self.log.tail(60), self.agent_log.tail(30))
+    }
+
     async fn node(&self, id: &str) -> serde_json::Value {
         let (status, body) = self.call(reqwest::Method::GET, &format!("/api/v1/admin/nodes/{id}"), None).await;
         assert_eq!(status, 200, "{body}");
@@ -111,14 +141,14 @@ async fn output(mut command: Command) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn run_agent(state: &Path, inventory: &Path) -> Child {
+fn run_agent(state: &Path, inventory: &Path, log: &ProcessLog) -> Child {
     agent(&["run", "--driver", "noop"])
         .arg("--state-dir")
         .arg(state)
         .arg("--inventory-file")
         .arg(inventory)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.stdio())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -182,7 +212,7 @@ async fn an_operator_enrolls_a_host_sees_its_inventory_probes_it_and_revokes_it(
     assert!(text.contains("enrollment_token_used"), "{text}");
 
     // Run: the first heartbeat carries the declared inventory.
-    let running = run_agent(&state, &inventory);
+    let running = run_agent(&state, &inventory, &platform.agent_log);
     eventually(Duration::from_secs(20), "the inventory appears in the admin API", || async {
         platform.node(&node_id).await["gpus"].as_array().is_some_and(|gpus| gpus.len() == 8)
     })
@@ -197,10 +227,8 @@ async fn an_operator_enrolls_a_host_sees_its_inventory_probes_it_and_revokes_it(
     assert!(node["last_heartbeat_at"].is_string());
 
     // Probe: a signed node.inventory task round-trips through the agent.
-    let (status, task) =
-        platform.call(reqwest::Method::POST, &format!("/api/v1/admin/nodes/{node_id}/probe"), None).await;
-    assert_eq!(status, 200, "{task}");
-    assert_eq!(task["status"], "succeeded", "{task}");
+    let task = platform.probe(&node_id).await;
+    assert_eq!(task["status"], "succeeded", "{task}\n{}", platform.logs());
     assert_eq!(task["result"]["gpus"].as_array().map(Vec::len), Some(8), "{task}");
     assert_eq!(stop(running).await, 0, "SIGTERM stops the agent cleanly");
 
@@ -211,11 +239,9 @@ async fn an_operator_enrolls_a_host_sees_its_inventory_probes_it_and_revokes_it(
     let mut tampered: serde_json::Value = serde_json::from_str(&original).unwrap_or_else(|e| panic!("{e}"));
     tampered["task_signing_public_key"] = serde_json::json!("O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=");
     std::fs::write(&agent_json, tampered.to_string()).unwrap_or_else(|e| panic!("{e}"));
-    let running = run_agent(&state, &inventory);
-    let (status, task) =
-        platform.call(reqwest::Method::POST, &format!("/api/v1/admin/nodes/{node_id}/probe"), None).await;
-    assert_eq!(status, 200, "{task}");
-    assert_eq!(task["status"], "failed", "{task}");
+    let running = run_agent(&state, &inventory, &platform.agent_log);
+    let task = platform.probe(&node_id).await;
+    assert_eq!(task["status"], "failed", "{task}\n{}", platform.logs());
     assert_eq!(task["refusal_code"], "bad_signature", "{task}");
     let (_, audit) =
         platform.call(reqwest::Method::GET, "/api/v1/admin/audit-logs?action=node.task.refused", None).await;
@@ -225,7 +251,7 @@ async fn an_operator_enrolls_a_host_sees_its_inventory_probes_it_and_revokes_it(
 
     // Revocation: the agent is refused on its next request and stops, asking for
     // re-enrollment (exit 3), even while a pull is parked.
-    let mut running = run_agent(&state, &inventory);
+    let mut running = run_agent(&state, &inventory, &platform.agent_log);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = platform
         .call(

@@ -1,8 +1,10 @@
 //! The real `gpuaas` binary as a process, shared by the end-to-end test binaries:
-//! a clean command, starting it and waiting until it serves, stopping it by SIGTERM.
+//! a clean command, starting it and waiting until it serves, stopping it by SIGTERM,
+//! and its log kept for a failing test to show.
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,12 +63,49 @@ pub struct Running {
     pub url: String,
     /// Where agents connect, from `node agents connect to …`.
     pub internal_url: String,
+    /// Its stderr: the platform's log.
+    pub log: ProcessLog,
+}
+
+/// A process's stderr kept in a file, so a failing test can say what the process saw
+/// (on a slow CI host a timing failure is otherwise left unexplained).
+pub struct ProcessLog {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Default for ProcessLog {
+    fn default() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("stderr.log");
+        Self { _dir: dir, path }
+    }
+}
+
+impl ProcessLog {
+    /// A handle that appends, so processes started one after another share the log.
+    pub fn stdio(&self) -> Stdio {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
+        Stdio::from(file)
+    }
+
+    /// The last `lines` lines written.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 /// Starts the command and waits for the line announcing the URL it serves. Its
 /// stdout keeps being drained afterwards, so nothing it prints later can block.
 pub async fn start(mut command: Command) -> Running {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{e}"));
+    let log = ProcessLog::default();
+    let mut child = command.stdout(Stdio::piped()).stderr(log.stdio()).spawn().unwrap_or_else(|e| panic!("{e}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut lines = BufReader::new(stdout).lines();
     let (url, internal_url) = tokio::time::timeout(Duration::from_secs(30), async {
@@ -84,7 +123,7 @@ pub async fn start(mut command: Command) -> Running {
     .await
     .unwrap_or_else(|_| panic!("gpuaas did not announce its URL"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Running { child, url, internal_url }
+    Running { child, url, internal_url, log }
 }
 
 /// Sends SIGTERM and waits (at most 15 s) for the exit; returns it and how long it took.
