@@ -521,6 +521,11 @@ async fn accrual_loop(store: Store, policy: PolicyClient, stop: CancellationToke
 /// round trips few (posting is set-based), small enough to hold account locks briefly.
 const ACCRUAL_BATCH: usize = 2500;
 
+/// Shares of tenants an accrual cycle debits side by side on PostgreSQL, a connection
+/// each (ADR 024): two use both cores of a small database host and leave the pool's
+/// other connections to the requests and the workflow.
+const ACCRUAL_WORKERS: usize = 2;
+
 /// One accrual cycle and the balance check after it.
 pub async fn accrual_cycle(
     store: &Store,
@@ -531,6 +536,7 @@ pub async fn accrual_cycle(
         window_seconds,
         checkpoint_every: policy.get(keys::BILLING_CHECKPOINT_EVERY).await?,
         batch: ACCRUAL_BATCH,
+        workers: ACCRUAL_WORKERS,
     };
     let now = gpuaas_kernel::Timestamp::now();
     let report = gpuaas_billing::accrual::accrue(store, now, &settings).await?;

@@ -29,6 +29,8 @@ pub struct AccrualSettings {
     pub checkpoint_every: i64,
     /// Records debited per transaction.
     pub batch: usize,
+    /// Shares of tenants debited side by side on PostgreSQL (see [`accrue`]).
+    pub workers: usize,
 }
 
 /// What a cycle did.
@@ -146,27 +148,104 @@ async fn post_debits(
 /// Debits every open usage record for the whole windows elapsed by `now`, in batches
 /// of `settings.batch` records per transaction. Records another worker holds are
 /// skipped on PostgreSQL and picked up by the next cycle.
+///
+/// On PostgreSQL the tenants with a window due are split into `settings.workers`
+/// shares debited side by side, each on a connection of its own: one backend runs on
+/// one core, and the shares never touch the same account, so they never wait for each
+/// other's locks. SQLite has one writer, so it takes them all in one pass.
 pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -> Result<AccrualReport, BillingError> {
     if settings.window_seconds < 1 {
         return Err(BillingError::invalid("window_seconds", "must be at least 1"));
     }
-    let window = settings.window_seconds;
+    let workers = match store.dialect() {
+        Dialect::Sqlite => 1,
+        Dialect::Postgres => settings.workers.max(1),
+    };
+    if workers == 1 {
+        return accrue_share(store, now, settings, None).await;
+    }
+    let sql =
+        format!("SELECT DISTINCT tenant_id FROM usage_records WHERE ended_at IS NULL AND {} ORDER BY tenant_id", due());
+    let tenants: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(settings.window_seconds)
+        .bind(now.as_micros())
+        .persistent(false)
+        .fetch_all(store.pool())
+        .await?;
+    if tenants.len() < 2 {
+        return accrue_share(store, now, settings, None).await;
+    }
+    let per_share = tenants.len().div_ceil(workers);
+    let shares = tenants.chunks(per_share).map(|share| accrue_share(store, now, settings, Some(share)));
     let mut report = AccrualReport::default();
+    for part in futures::future::try_join_all(shares).await? {
+        report.records += part.records;
+        report.entries += part.entries;
+        report.debited_minor += part.debited_minor;
+        report.tenants.extend(part.tenants);
+    }
+    Ok(report)
+}
+
+/// An open record with at least one whole window not yet billed by `$2` (`$1` the
+/// window's seconds).
+fn due() -> String {
+    format!("started_at + (billed_seconds + $1) * {MICROS_PER_SECOND} <= $2")
+}
+
+/// Tenants named in one statement of a share.
+const TENANTS_PER_SELECT: usize = 256;
+
+/// Debits the open records of `tenants` (of every tenant when `None`) batch by batch.
+async fn accrue_share(
+    store: &Store,
+    now: Timestamp,
+    settings: &AccrualSettings,
+    tenants: Option<&[String]>,
+) -> Result<AccrualReport, BillingError> {
+    let mut report = AccrualReport::default();
+    match tenants {
+        None => accrue_batches(store, now, settings, None, &mut report).await?,
+        Some(tenants) => {
+            for group in tenants.chunks(TENANTS_PER_SELECT) {
+                accrue_batches(store, now, settings, Some(group), &mut report).await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn accrue_batches(
+    store: &Store,
+    now: Timestamp,
+    settings: &AccrualSettings,
+    tenants: Option<&[String]>,
+    report: &mut AccrualReport,
+) -> Result<(), BillingError> {
+    let window = settings.window_seconds;
     let correlation_id = format!("accrual-{}", now.as_micros());
+    let batch = settings.batch.max(1);
+    let tenants = tenants.map(|tenants| gpuaas_store::Padded::new(tenants, TENANTS_PER_SELECT));
+    let of_tenants = tenants.as_ref().map(|tenants| format!(" AND tenant_id IN ({})", tenants.placeholders(4)));
+    let sql = format!(
+        "SELECT {OPEN_COLUMNS} FROM usage_records WHERE ended_at IS NULL AND {}{} \
+         ORDER BY started_at, id LIMIT $3{}",
+        due(),
+        of_tenants.unwrap_or_default(),
+        store.dialect().skip_locked()
+    );
     loop {
         let mut tx = store.begin().await?;
-        let sql = format!(
-            "SELECT {OPEN_COLUMNS} FROM usage_records WHERE ended_at IS NULL \
-             AND started_at + (billed_seconds + $1) * {MICROS_PER_SECOND} <= $2 ORDER BY started_at, id LIMIT $3{}",
-            store.dialect().skip_locked()
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(window)
             .bind(now.as_micros())
-            .bind(i64::try_from(settings.batch.max(1)).unwrap_or(i64::MAX))
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX));
+        if let Some(tenants) = &tenants {
+            for (tenant, _) in tenants.rows() {
+                query = query.bind(tenant.as_str());
+            }
+        }
+        let rows = query.persistent(false).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             break;
         }
@@ -187,11 +266,11 @@ pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -
         report.entries += debits.len();
         report.debited_minor += debits.iter().map(|debit| debit.amount_minor).sum::<i64>();
         report.tenants.extend(records.iter().map(|record| record.tenant_id.clone()));
-        if records.len() < settings.batch.max(1) {
+        if records.len() < batch {
             break;
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Records whose totals one UPDATE writes (4 parameters each at most).

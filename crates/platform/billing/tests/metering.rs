@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{balance_of, count, new_entry, post_ok};
+use common::{balance_of, count, entry_nos, new_entry, post_ok};
 use gpuaas_billing::accrual::{AccrualSettings, BalanceState, accrue, check_balances, close_usage, cost_through};
 use gpuaas_billing::{EntryType, NewUsageRecord, insert_usage_record};
 use gpuaas_kernel::Timestamp;
@@ -61,14 +61,18 @@ async fn open_records(store: &Store, tenant: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-gpuaas_testkit::both_backends!(windows_are_debited_once_and_close_bills_the_rest, crossings_are_announced_once);
+gpuaas_testkit::both_backends!(
+    windows_are_debited_once_and_close_bills_the_rest,
+    crossings_are_announced_once,
+    shared_cycles_debit_every_record_once
+);
 
 async fn windows_are_debited_once_and_close_bills_the_rest(backend: Backend) {
     let (_db, store) = setup_with_outbox(backend).await;
     post_ok(&store, &new_entry("t1", EntryType::AdminCredit, 1_000_000, "credit"), 100).await;
     // 3,600 per GPU-hour × 2 GPUs: 2 per second. 185 s ago with 60 s windows: 3 whole windows.
     open(&store, "t1", "a1", 185, 3_600).await;
-    let settings = AccrualSettings { window_seconds: 60, checkpoint_every: 100, batch: 10 };
+    let settings = AccrualSettings { window_seconds: 60, checkpoint_every: 100, batch: 10, workers: 2 };
     let report = accrue(&store, Timestamp::now(), &settings).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((report.records, report.entries, report.debited_minor), (1, 3, 360));
     assert_eq!(report.tenants, BTreeSet::from(["t1".to_owned()]));
@@ -131,4 +135,53 @@ async fn crossings_are_announced_once(backend: Backend) {
     post_ok(&store, &new_entry("t1", EntryType::UsageDebit, -9_500, "use-3"), 100).await;
     check(store.clone()).await;
     assert_eq!(events(&store, "platform.billing.low_balance_warning").await, 2);
+}
+
+/// A cycle split between workers (more tenants than one statement names), run twice at
+/// once as two billing workers would: every record's windows are debited once, each
+/// tenant's entries are numbered without a gap, and a later cycle finds nothing.
+async fn shared_cycles_debit_every_record_once(backend: Backend) {
+    let (_db, store) = setup_with_outbox(backend).await;
+    let tenants: Vec<String> = (0..600).map(|index| format!("tenant-{index:03}")).collect();
+    let started_at = Timestamp::from_micros(Timestamp::now().as_micros() - 185 * SECOND);
+    let mut tx = store.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    for (index, tenant) in tenants.iter().enumerate() {
+        for run in 0..2 {
+            let allocation = format!("a-{index}-{run}");
+            let record = NewUsageRecord {
+                tenant_id: tenant,
+                project_id: "p1",
+                allocation_id: &allocation,
+                sku_id: "h100",
+                gpu_count: 2,
+                price_per_gpu_hour_minor: 3_600,
+                currency: "EUR",
+                started_at,
+                ended_at: None,
+                billed_seconds: 0,
+                billed_minor: 0,
+            };
+            insert_usage_record(&mut tx, &record).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let settings = AccrualSettings { window_seconds: 60, checkpoint_every: 4, batch: 50, workers: 2 };
+    let now = Timestamp::now();
+    let (first, second) = tokio::join!(accrue(&store, now, &settings), accrue(&store, now, &settings));
+    let (first, second) = (first.unwrap_or_else(|e| panic!("{e}")), second.unwrap_or_else(|e| panic!("{e}")));
+    // 2 GPUs at 3,600 per GPU-hour: 2 per second, 120 a window, three whole windows.
+    assert_eq!(first.entries + second.entries, 600 * 2 * 3);
+    assert_eq!(first.debited_minor + second.debited_minor, 600 * 2 * 360);
+    assert_eq!(count(&store, "ledger_entries").await, 600 * 2 * 3);
+    let debited: BTreeSet<String> = first.tenants.union(&second.tenants).cloned().collect();
+    assert_eq!(debited, tenants.iter().cloned().collect::<BTreeSet<_>>());
+    for tenant in [&tenants[0], &tenants[255], &tenants[256], &tenants[299], &tenants[300], &tenants[599]] {
+        assert_eq!(balance_of(&store, tenant).await, -720, "{tenant}");
+        let numbers = entry_nos(&store, tenant).await;
+        let from = numbers.first().copied().unwrap_or_default();
+        assert_eq!(numbers, (from..from + 6).collect::<Vec<_>>(), "{tenant}");
+    }
+    let again = accrue(&store, Timestamp::now(), &settings).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((again.records, again.entries), (0, 0));
 }
