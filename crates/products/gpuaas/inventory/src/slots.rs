@@ -115,8 +115,9 @@ pub struct Wanted<'a> {
 /// one), reads their free slots, picks by `strategy` in the batch's order, and claims
 /// every slot with one UPDATE and the nodes' counts with another. `None` for a request
 /// that did not fit on the nodes it could lock: the caller tries it alone with
-/// [`reserve`], which may wait for a node. Two batches never wait for each other's
-/// nodes, so they cannot deadlock.
+/// [`reserve`], which may wait for a node. Two batches do not wait for each other's
+/// nodes, except where PostgreSQL's `SKIP LOCKED` follows a row's update chain (see
+/// [`lock_nodes_to_credit`], which keeps that from closing a cycle with a credit).
 pub async fn reserve_many(
     connection: &mut Connection,
     dialect: Dialect,
@@ -372,8 +373,7 @@ impl FreedSlots {
 const CREDITS_PER_UPDATE: usize = 500;
 
 /// Adds `per_node` to the nodes' free counts, one UPDATE per 500 nodes. On PostgreSQL
-/// the nodes are locked in id order first, so two transactions crediting the same
-/// nodes never wait for each other in a cycle.
+/// the nodes are locked first (see [`lock_nodes_to_credit`]).
 async fn credit_nodes(
     connection: &mut Connection,
     per_node: &std::collections::BTreeMap<String, i64>,
@@ -382,14 +382,9 @@ async fn credit_nodes(
     for chunk in per_node.chunks(CREDITS_PER_UPDATE) {
         let batch = gpuaas_store::Padded::new(chunk, CREDITS_PER_UPDATE);
         // SQLite's one writer already excludes the others.
-        let lock = NodeLock::Place.clause(Dialect::of(connection));
-        if !lock.is_empty() {
-            let sql = format!("SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock}", batch.placeholders(1));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for ((node, _), _) in batch.rows() {
-                query = query.bind(node.as_str());
-            }
-            query.fetch_all(&mut *connection).await?;
+        if Dialect::of(connection) == Dialect::Postgres {
+            let nodes: Vec<&str> = chunk.iter().map(|(node, _)| node.as_str()).collect();
+            lock_nodes_to_credit(connection, &nodes).await?;
         }
         let sql = format!(
             "WITH credit (id, freed) AS (VALUES {}) UPDATE nodes SET free_gpus = free_gpus + credit.freed \
@@ -403,6 +398,47 @@ async fn credit_nodes(
         query.execute(&mut *connection).await?;
     }
     Ok(())
+}
+
+/// Locks `nodes` (distinct, in id order) on PostgreSQL without ever waiting for one
+/// while holding another. Placements lock with `SKIP LOCKED` and so were meant never
+/// to wait, but PostgreSQL's `SKIP LOCKED` does not cover a row's update chain: a
+/// placement that finds an old version of a node's row waits for whoever locked the
+/// newer one. A transaction that held some nodes here while waiting for a node that
+/// placement's batch held closed a cycle, which PostgreSQL found only after its
+/// `deadlock_timeout` (a second). So the nodes are taken with `SKIP LOCKED` inside a
+/// savepoint; when one is missing, the savepoint gives the others back, the wait is for
+/// that one alone, and the whole set is tried again. Only that same update-chain case
+/// can still make this wait while holding nodes, and a cycle then needs both sides in
+/// it at once.
+async fn lock_nodes_to_credit(connection: &mut Connection, nodes: &[&str]) -> Result<(), InventoryError> {
+    let batch = gpuaas_store::Padded::new(nodes, CREDITS_PER_UPDATE);
+    let sql = format!(
+        "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",
+        batch.placeholders(1)
+    );
+    sqlx::raw_sql("SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
+    loop {
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+        for (node, _) in batch.rows() {
+            query = query.bind(*node);
+        }
+        let locked: Vec<String> = query.fetch_all(&mut *connection).await?;
+        let Some(missing) = nodes.iter().find(|node| !locked.iter().any(|held| held == *node)) else {
+            sqlx::raw_sql("RELEASE SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
+            return Ok(());
+        };
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
+        // Holding none of them, wait for this one; the next try takes the others
+        // beside it, or gives it back again.
+        let waited: Option<String> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(*missing)
+            .fetch_optional(&mut *connection)
+            .await?;
+        if waited.is_none() {
+            return Err(InventoryError::Corrupt(format!("slots freed on node {missing}, which does not exist")));
+        }
+    }
 }
 
 /// Allocations whose slots one UPDATE clears.

@@ -575,4 +575,56 @@ both_backends!(
     draining_before_enrollment_stays_draining,
     concurrent_reservations_never_share_a_gpu,
     placement_strategies_pick_by_free_gpus,
+    a_credit_waits_for_a_node_holding_no_other,
 );
+
+/// Freeing slots on two nodes while another transaction holds the later one (in id
+/// order): the credit waits for it holding neither, so a placement can take the other
+/// meanwhile. (A credit that held the first while it waited could close a cycle with a
+/// placement batch: `SKIP LOCKED` still waits when it follows a row's update chain.)
+async fn a_credit_waits_for_a_node_holding_no_other(backend: Backend) {
+    let env = env(backend).await;
+    let h100 = sku(&env, "h100-x8", 8).await;
+    enrolled(&env, "gpu-01", "h100-x8").await;
+    enrolled(&env, "gpu-02", "h100-x8").await;
+    let one = reserve(&env, &h100.id, 8, "alloc-1").await.expect("room");
+    let two = reserve(&env, &h100.id, 8, "alloc-2").await.expect("room");
+    assert_ne!(one.node_id, two.node_id);
+    let (first, last) = if one.node_id < two.node_id { (one.node_id, two.node_id) } else { (two.node_id, one.node_id) };
+    if backend == Backend::Sqlite {
+        // One writer: nothing is held while another waits.
+        assert_eq!(release(&env, "alloc-1").await + release(&env, "alloc-2").await, 16);
+        return;
+    }
+
+    let mut held = env.store.begin().await.unwrap();
+    sqlx::query("SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(&last)
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    let store = env.store.clone();
+    let credit = tokio::spawn(async move {
+        let mut tx = store.begin().await?;
+        let freed = slots::FreedSlots::default();
+        slots::release_into("alloc-1", &freed);
+        slots::release_into("alloc-2", &freed);
+        let count = freed.credit(&mut tx).await?;
+        tx.commit().await?;
+        Ok::<u64, InventoryError>(count)
+    });
+    until_waiting(&env, 1).await;
+    let mut placement = env.store.begin().await.unwrap();
+    let taken: Option<String> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(&first)
+        .fetch_optional(&mut *placement)
+        .await
+        .unwrap_or_else(|error| panic!("the waiting credit holds the other node: {error}"));
+    assert_eq!(taken.as_deref(), Some(first.as_str()));
+    placement.rollback().await.unwrap();
+    held.rollback().await.unwrap();
+    assert_eq!(credit.await.unwrap().unwrap(), 16);
+    for node in [&first, &last] {
+        assert_eq!(nodes::get(&env.store, node).await.unwrap().occupancy.gpus_allocated, 0);
+    }
+}
