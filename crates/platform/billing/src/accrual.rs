@@ -150,9 +150,10 @@ async fn post_debits(
 /// skipped on PostgreSQL and picked up by the next cycle.
 ///
 /// On PostgreSQL the tenants with a window due are split into `settings.workers`
-/// shares debited side by side, each on a connection of its own: one backend runs on
-/// one core, and the shares never touch the same account, so they never wait for each
-/// other's locks. SQLite has one writer, so it takes them all in one pass.
+/// shares, ranges of tenant ids in the database's own order, debited side by side,
+/// each on a connection of its own: one backend runs on one core, and the shares never
+/// touch the same account, so they never wait for each other's locks. SQLite has one
+/// writer, so it takes them all in one pass.
 pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -> Result<AccrualReport, BillingError> {
     if settings.window_seconds < 1 {
         return Err(BillingError::invalid("window_seconds", "must be at least 1"));
@@ -172,11 +173,11 @@ pub async fn accrue(store: &Store, now: Timestamp, settings: &AccrualSettings) -
         .persistent(false)
         .fetch_all(store.pool())
         .await?;
-    if tenants.len() < 2 {
-        return accrue_share(store, now, settings, None).await;
-    }
-    let per_share = tenants.len().div_ceil(workers);
-    let shares = tenants.chunks(per_share).map(|share| accrue_share(store, now, settings, Some(share)));
+    let per_share = tenants.len().div_ceil(workers).max(1);
+    let shares = tenants.chunks(per_share).filter_map(|share| {
+        let (first, last) = (share.first()?, share.last()?);
+        Some(accrue_share(store, now, settings, Some((first.as_str(), last.as_str()))))
+    });
     let mut report = AccrualReport::default();
     for part in futures::future::try_join_all(shares).await? {
         report.records += part.records;
@@ -193,57 +194,33 @@ fn due() -> String {
     format!("started_at + (billed_seconds + $1) * {MICROS_PER_SECOND} <= $2")
 }
 
-/// Tenants named in one statement of a share.
-const TENANTS_PER_SELECT: usize = 256;
-
-/// Debits the open records of `tenants` (of every tenant when `None`) batch by batch.
+/// Debits, batch by batch, the open records of the tenants from `first` to `last`
+/// (both included, in the database's order of tenant ids), or of every tenant.
 async fn accrue_share(
     store: &Store,
     now: Timestamp,
     settings: &AccrualSettings,
-    tenants: Option<&[String]>,
+    tenants: Option<(&str, &str)>,
 ) -> Result<AccrualReport, BillingError> {
-    let mut report = AccrualReport::default();
-    match tenants {
-        None => accrue_batches(store, now, settings, None, &mut report).await?,
-        Some(tenants) => {
-            for group in tenants.chunks(TENANTS_PER_SELECT) {
-                accrue_batches(store, now, settings, Some(group), &mut report).await?;
-            }
-        }
-    }
-    Ok(report)
-}
-
-async fn accrue_batches(
-    store: &Store,
-    now: Timestamp,
-    settings: &AccrualSettings,
-    tenants: Option<&[String]>,
-    report: &mut AccrualReport,
-) -> Result<(), BillingError> {
     let window = settings.window_seconds;
     let correlation_id = format!("accrual-{}", now.as_micros());
     let batch = settings.batch.max(1);
-    let tenants = tenants.map(|tenants| gpuaas_store::Padded::new(tenants, TENANTS_PER_SELECT));
-    let of_tenants = tenants.as_ref().map(|tenants| format!(" AND tenant_id IN ({})", tenants.placeholders(4)));
     let sql = format!(
         "SELECT {OPEN_COLUMNS} FROM usage_records WHERE ended_at IS NULL AND {}{} \
          ORDER BY started_at, id LIMIT $3{}",
         due(),
-        of_tenants.unwrap_or_default(),
+        if tenants.is_some() { " AND tenant_id >= $4 AND tenant_id <= $5" } else { "" },
         store.dialect().skip_locked()
     );
+    let mut report = AccrualReport::default();
     loop {
         let mut tx = store.begin().await?;
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(window)
             .bind(now.as_micros())
             .bind(i64::try_from(batch).unwrap_or(i64::MAX));
-        if let Some(tenants) = &tenants {
-            for (tenant, _) in tenants.rows() {
-                query = query.bind(tenant.as_str());
-            }
+        if let Some((first, last)) = tenants {
+            query = query.bind(first).bind(last);
         }
         let rows = query.persistent(false).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
@@ -270,7 +247,7 @@ async fn accrue_batches(
             break;
         }
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Records whose totals one UPDATE writes (4 parameters each at most).

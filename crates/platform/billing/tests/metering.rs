@@ -137,8 +137,8 @@ async fn crossings_are_announced_once(backend: Backend) {
     assert_eq!(events(&store, "platform.billing.low_balance_warning").await, 2);
 }
 
-/// A cycle split between workers (more tenants than one statement names), run twice at
-/// once as two billing workers would: every record's windows are debited once, each
+/// A cycle split between workers (shares of 300 tenants each), run twice at once as
+/// two billing workers would: every record's windows are debited once, each
 /// tenant's entries are numbered without a gap, and a later cycle finds nothing.
 async fn shared_cycles_debit_every_record_once(backend: Backend) {
     let (_db, store) = setup_with_outbox(backend).await;

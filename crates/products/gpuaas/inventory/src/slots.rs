@@ -413,28 +413,27 @@ async fn credit_nodes(
 /// it at once.
 async fn lock_nodes_to_credit(connection: &mut Connection, nodes: &[&str]) -> Result<(), InventoryError> {
     let batch = gpuaas_store::Padded::new(nodes, CREDITS_PER_UPDATE);
-    let sql = format!(
-        "SELECT id FROM nodes WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",
-        batch.placeholders(1)
-    );
+    let lock = NodeLock::Place.clause(Dialect::Postgres);
+    let sql = format!("SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock} SKIP LOCKED", batch.placeholders(1));
     sqlx::raw_sql("SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
     loop {
         let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
         for (node, _) in batch.rows() {
             query = query.bind(*node);
         }
-        let locked: Vec<String> = query.fetch_all(&mut *connection).await?;
-        let Some(missing) = nodes.iter().find(|node| !locked.iter().any(|held| held == *node)) else {
+        let locked: std::collections::HashSet<String> = query.fetch_all(&mut *connection).await?.into_iter().collect();
+        let Some(missing) = nodes.iter().find(|node| !locked.contains(**node)) else {
             sqlx::raw_sql("RELEASE SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
             return Ok(());
         };
         sqlx::raw_sql("ROLLBACK TO SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
         // Holding none of them, wait for this one; the next try takes the others
         // beside it, or gives it back again.
-        let waited: Option<String> = sqlx::query_scalar("SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(*missing)
-            .fetch_optional(&mut *connection)
-            .await?;
+        let waited: Option<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT id FROM nodes WHERE id = $1{lock}")))
+                .bind(*missing)
+                .fetch_optional(&mut *connection)
+                .await?;
         if waited.is_none() {
             return Err(InventoryError::Corrupt(format!("slots freed on node {missing}, which does not exist")));
         }
