@@ -86,6 +86,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     let runner = tokio::spawn(crate::runtime::workflow_loop(allocations.clone(), stop.clone()));
     let answering = tokio::spawn(answer_tasks(store.clone(), nodes.clone(), stop.clone()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let release_latencies = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(AtomicU64::new(0));
     let released = Arc::new(AtomicU64::new(0));
     // The tables start empty and PostgreSQL plans them without statistics until
@@ -97,7 +98,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     let mut workers = tokio::task::JoinSet::new();
     for client in clients {
         let allocations = allocations.clone();
-        let latencies = latencies.clone();
+        let latencies = Latencies { creates: latencies.clone(), releases: release_latencies.clone() };
         let refused = refused.clone();
         let released = released.clone();
         let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll, measure_from };
@@ -124,6 +125,8 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
 
     let mut latencies = std::mem::take(&mut *latencies.lock().await);
     latencies.sort();
+    let mut release_latencies = std::mem::take(&mut *release_latencies.lock().await);
+    release_latencies.sort();
     let rows: Vec<(i64, i64)> = gpuaas_store::sqlx::query_as(
         "SELECT created_at, active_at FROM allocations WHERE active_at IS NOT NULL AND created_at >= $1",
     )
@@ -160,6 +163,11 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "  release latency: p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&release_latencies, 0.50),
+        percentile(&release_latencies, 0.99)
     );
     println!(
         "  requested → active ({} allocations): p50 {:.0} ms, p99 {:.0} ms",
@@ -330,6 +338,12 @@ async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> 
     Ok(clients)
 }
 
+/// Where clients put the latencies they measured.
+struct Latencies {
+    creates: Arc<Mutex<Vec<Duration>>>,
+    releases: Arc<Mutex<Vec<Duration>>>,
+}
+
 /// How a client holds its allocations: `per_client` live at most, the oldest looked
 /// at every `poll` until it is active, then released.
 #[derive(Debug, Clone, Copy)]
@@ -345,13 +359,14 @@ async fn run_client(
     client: &Client,
     deadline: Instant,
     pace: Pace,
-    latencies: &Mutex<Vec<Duration>>,
+    latencies: &Latencies,
     refused: &AtomicU64,
     released: &AtomicU64,
 ) -> anyhow::Result<()> {
     let actor = Actor { id: client.user.clone(), ..Actor::system() };
     let mut live: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut mine = Vec::new();
+    let mut my_releases = Vec::new();
     let mut turn = 0u64;
     while Instant::now() < deadline {
         turn += 1;
@@ -370,6 +385,7 @@ async fn run_client(
                 Ok(_) => {
                     if started >= pace.measure_from {
                         released.fetch_add(1, Ordering::Relaxed);
+                        my_releases.push(started.elapsed());
                     }
                 }
                 // Not active yet: try again on a later turn.
@@ -407,7 +423,8 @@ async fn run_client(
             Err(error) => return Err(error.into()),
         }
     }
-    latencies.lock().await.extend(mine);
+    latencies.creates.lock().await.extend(mine);
+    latencies.releases.lock().await.extend(my_releases);
     Ok(())
 }
 

@@ -45,8 +45,15 @@ impl<R: Send + 'static, T: Send + 'static> GroupCommit<R, T> {
     /// Batches of writes on `dialect`'s store: two at a time on PostgreSQL (one waits on
     /// the database while the other runs), one on SQLite, which has one writer.
     pub fn for_writes(dialect: crate::Dialect, max_batch: usize) -> Self {
+        Self::for_writes_with(dialect, 2, max_batch)
+    }
+
+    /// As [`GroupCommit::for_writes`], with `postgres_turns` batches at a time on
+    /// PostgreSQL: for writes whose callers wait on them and whose batches do not wait
+    /// for each other's rows. SQLite still takes one.
+    pub fn for_writes_with(dialect: crate::Dialect, postgres_turns: usize, max_batch: usize) -> Self {
         let turns = match dialect {
-            crate::Dialect::Postgres => 2,
+            crate::Dialect::Postgres => postgres_turns,
             crate::Dialect::Sqlite => 1,
         };
         Self::new(turns, max_batch)
@@ -184,6 +191,43 @@ mod tests {
         }
         // Without the yields: a batch of one per free turn, then one of the other eight.
         assert_eq!(*sizes.lock().unwrap_or_else(PoisonError::into_inner), vec![10]);
+    }
+
+    /// The most batches of `group` in flight at once when four requests arrive a few
+    /// milliseconds apart and each batch takes a while.
+    async fn most_batches_at_once(group: GroupCommit<u32, u32>) -> usize {
+        let group = Arc::new(group);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut callers = tokio::task::JoinSet::new();
+        for n in 0..4u32 {
+            let (group, running, most) = (group.clone(), running.clone(), most.clone());
+            callers.spawn(async move {
+                group
+                    .submit(n, move |batch| {
+                        let (running, most) = (running.clone(), most.clone());
+                        async move {
+                            most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            batch
+                        }
+                    })
+                    .await
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while let Some(joined) = callers.join_next().await {
+            assert!(joined.unwrap_or_else(|e| panic!("{e}")).is_some());
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_take_the_turns_chosen_for_postgres_and_one_on_sqlite() {
+        use crate::Dialect;
+        assert_eq!(most_batches_at_once(GroupCommit::for_writes_with(Dialect::Postgres, 4, 8)).await, 4);
+        assert_eq!(most_batches_at_once(GroupCommit::for_writes(Dialect::Postgres, 8)).await, 2);
+        assert_eq!(most_batches_at_once(GroupCommit::for_writes_with(Dialect::Sqlite, 4, 8)).await, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

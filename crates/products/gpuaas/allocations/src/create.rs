@@ -26,6 +26,10 @@ use crate::{Actor, Allocation, AllocationError, AllocationStatus, Allocations, N
 const MAX_BATCH: usize = 64;
 /// Allocation rows per INSERT (22 parameters each).
 const ROWS_PER_INSERT: usize = 64;
+/// Create batches in flight at once on PostgreSQL. Placements skip the nodes another
+/// batch holds rather than wait for them, so batches run side by side; with two turns
+/// a create under load mostly waited for a turn and then for its own batch (ADR 026).
+const TURNS_ON_POSTGRES: usize = 4;
 
 /// A create waiting for its batch.
 pub(crate) struct CreateRequest {
@@ -43,7 +47,7 @@ pub(crate) struct CreateRequest {
 pub(crate) type CreateQueue = GroupCommit<CreateRequest, Result<Allocation, AllocationError>>;
 
 pub(crate) fn queue(dialect: Dialect) -> CreateQueue {
-    GroupCommit::for_writes(dialect, MAX_BATCH)
+    GroupCommit::for_writes_with(dialect, TURNS_ON_POSTGRES, MAX_BATCH)
 }
 
 /// What one request of a batch came to.
