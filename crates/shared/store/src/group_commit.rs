@@ -193,41 +193,51 @@ mod tests {
         assert_eq!(*sizes.lock().unwrap_or_else(PoisonError::into_inner), vec![10]);
     }
 
-    /// The most batches of `group` in flight at once when four requests arrive a few
-    /// milliseconds apart and each batch takes a while.
-    async fn most_batches_at_once(group: GroupCommit<u32, u32>) -> usize {
+    /// How many of four requests, each submitted once the previous one's batch has
+    /// started, get a batch of their own before any batch ends. Batches run until the
+    /// count is taken; a request whose batch has not started within a second found no
+    /// free turn.
+    async fn batches_at_once(group: GroupCommit<u32, u32>) -> usize {
         let group = Arc::new(group);
-        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let started = Arc::new(AtomicUsize::new(0));
+        let finish = Arc::new(Semaphore::new(0));
         let mut callers = tokio::task::JoinSet::new();
-        for n in 0..4u32 {
-            let (group, running, most) = (group.clone(), running.clone(), most.clone());
+        for n in 0..4usize {
+            let (group, started_now, finish) = (group.clone(), started.clone(), finish.clone());
             callers.spawn(async move {
                 group
-                    .submit(n, move |batch| {
-                        let (running, most) = (running.clone(), most.clone());
+                    .submit(n as u32, move |batch| {
+                        let (started, finish) = (started_now.clone(), finish.clone());
                         async move {
-                            most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            running.fetch_sub(1, Ordering::SeqCst);
+                            started.fetch_add(1, Ordering::SeqCst);
+                            drop(finish.acquire().await);
                             batch
                         }
                     })
                     .await
             });
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while started.load(Ordering::SeqCst) <= n && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if started.load(Ordering::SeqCst) <= n {
+                break;
+            }
         }
+        let at_once = started.load(Ordering::SeqCst);
+        finish.add_permits(4);
         while let Some(joined) = callers.join_next().await {
             assert!(joined.unwrap_or_else(|e| panic!("{e}")).is_some());
         }
-        most.load(Ordering::SeqCst)
+        at_once
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_take_the_turns_chosen_for_postgres_and_one_on_sqlite() {
         use crate::Dialect;
-        assert_eq!(most_batches_at_once(GroupCommit::for_writes_with(Dialect::Postgres, 4, 8)).await, 4);
-        assert_eq!(most_batches_at_once(GroupCommit::for_writes(Dialect::Postgres, 8)).await, 2);
-        assert_eq!(most_batches_at_once(GroupCommit::for_writes_with(Dialect::Sqlite, 4, 8)).await, 1);
+        assert_eq!(batches_at_once(GroupCommit::for_writes_with(Dialect::Postgres, 4, 8)).await, 4);
+        assert_eq!(batches_at_once(GroupCommit::for_writes(Dialect::Postgres, 8)).await, 2);
+        assert_eq!(batches_at_once(GroupCommit::for_writes_with(Dialect::Sqlite, 4, 8)).await, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
