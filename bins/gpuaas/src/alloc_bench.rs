@@ -85,8 +85,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     let stop = CancellationToken::new();
     let runner = tokio::spawn(crate::runtime::workflow_loop(allocations.clone(), stop.clone()));
     let answering = tokio::spawn(answer_tasks(store.clone(), nodes.clone(), stop.clone()));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let release_latencies = Arc::new(Mutex::new(Vec::new()));
+    let latencies = Arc::new(Latencies::default());
     let refused = Arc::new(AtomicU64::new(0));
     let released = Arc::new(AtomicU64::new(0));
     // The tables start empty and PostgreSQL plans them without statistics until
@@ -98,7 +97,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     let mut workers = tokio::task::JoinSet::new();
     for client in clients {
         let allocations = allocations.clone();
-        let latencies = Latencies { creates: latencies.clone(), releases: release_latencies.clone() };
+        let latencies = latencies.clone();
         let refused = refused.clone();
         let released = released.clone();
         let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll, measure_from };
@@ -123,10 +122,8 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     runner.await??;
     answering.await??;
 
-    let mut latencies = std::mem::take(&mut *latencies.lock().await);
-    latencies.sort();
-    let mut release_latencies = std::mem::take(&mut *release_latencies.lock().await);
-    release_latencies.sort();
+    let release_latencies = Latencies::sorted(&latencies.releases).await;
+    let latencies = Latencies::sorted(&latencies.creates).await;
     let rows: Vec<(i64, i64)> = gpuaas_store::sqlx::query_as(
         "SELECT created_at, active_at FROM allocations WHERE active_at IS NOT NULL AND created_at >= $1",
     )
@@ -339,9 +336,18 @@ async fn build_clients(store: &Store, allocations: &Allocations, count: u32) -> 
 }
 
 /// Where clients put the latencies they measured.
+#[derive(Default)]
 struct Latencies {
-    creates: Arc<Mutex<Vec<Duration>>>,
-    releases: Arc<Mutex<Vec<Duration>>>,
+    creates: Mutex<Vec<Duration>>,
+    releases: Mutex<Vec<Duration>>,
+}
+
+impl Latencies {
+    async fn sorted(measured: &Mutex<Vec<Duration>>) -> Vec<Duration> {
+        let mut all = std::mem::take(&mut *measured.lock().await);
+        all.sort();
+        all
+    }
 }
 
 /// How a client holds its allocations: `per_client` live at most, the oldest looked

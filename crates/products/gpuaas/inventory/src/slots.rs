@@ -415,6 +415,7 @@ async fn lock_nodes_to_credit(connection: &mut Connection, nodes: &[&str]) -> Re
     let batch = gpuaas_store::Padded::new(nodes, CREDITS_PER_UPDATE);
     let lock = NodeLock::Place.clause(Dialect::Postgres);
     let sql = format!("SELECT id FROM nodes WHERE id IN ({}) ORDER BY id{lock} SKIP LOCKED", batch.placeholders(1));
+    let wait_sql = format!("SELECT id FROM nodes WHERE id = $1{lock}");
     sqlx::raw_sql("SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
     loop {
         let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
@@ -429,11 +430,10 @@ async fn lock_nodes_to_credit(connection: &mut Connection, nodes: &[&str]) -> Re
         sqlx::raw_sql("ROLLBACK TO SAVEPOINT lock_nodes_to_credit").execute(&mut *connection).await?;
         // Holding none of them, wait for this one; the next try takes the others
         // beside it, or gives it back again.
-        let waited: Option<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT id FROM nodes WHERE id = $1{lock}")))
-                .bind(*missing)
-                .fetch_optional(&mut *connection)
-                .await?;
+        let waited: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wait_sql.as_str()))
+            .bind(*missing)
+            .fetch_optional(&mut *connection)
+            .await?;
         if waited.is_none() {
             return Err(InventoryError::Corrupt(format!("slots freed on node {missing}, which does not exist")));
         }
