@@ -443,10 +443,12 @@ fn placeholders(first: usize, count: usize) -> String {
     text
 }
 
-// Reads here are `persistent(false)`: PostgreSQL plans them afresh with the actual
-// values. A prepared statement cached while the ledger was still small keeps a generic
-// plan chosen for an empty table (a sequential scan), which would make every later
-// lookup and balance read grow with the ledger.
+// Reads here are `persistent(false)`: PostgreSQL plans them afresh on every call,
+// against the ledger as it is then. A prepared statement cached while the ledger was
+// still small keeps the plan chosen for an empty table (a sequential scan), which
+// would make every later lookup grow with the ledger. Under the platform's
+// `force_generic_plan` (ADR 027) that fresh plan leaves the values out, which key
+// probes like these do not need.
 
 /// Entries matching the (account, idempotency key) pairs, by tenant and then key.
 /// The pairs are a VALUES list joined on the unique index, so every pair is one index

@@ -65,8 +65,8 @@ impl Conditions {
                 Bind::Int(number) => query.bind(number),
             };
         }
-        // Planned with the actual values, not a generic plan cached while the table
-        // was small (see `ledger::select_account`).
+        // Planned afresh against the table as it is, not with a plan cached while
+        // the table was small (see the note above `ledger::entries_by_keys`).
         Ok(query.persistent(false).fetch_all(store.pool()).await?)
     }
 }

@@ -282,21 +282,38 @@ pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// connection kept preparing statements again and planning them as new (ADR 017).
 pub const POSTGRES_STATEMENT_CACHE: usize = 1024;
 
-/// `url` with [`POSTGRES_STATEMENT_CACHE`] added for PostgreSQL when it sets no cache
-/// size of its own.
-fn with_statement_cache(url: &str, dialect: Dialect) -> String {
-    if dialect != Dialect::Postgres || url.contains("statement-cache-capacity=") {
+/// How PostgreSQL plans the prepared statements of every connection, unless the URL
+/// names `plan_cache_mode` itself (`options[plan_cache_mode]=auto`). Every statement
+/// the platform prepares has a fixed shape whose plan does not depend on its values
+/// (key lookups, padded batches), yet under `auto` PostgreSQL kept planning many of
+/// them afresh on each call, about a tenth of its CPU under load (ADR 027).
+pub const POSTGRES_PLAN_CACHE_MODE: &str = "force_generic_plan";
+
+/// `url` with the PostgreSQL defaults the URL leaves unset: [`POSTGRES_STATEMENT_CACHE`]
+/// and [`POSTGRES_PLAN_CACHE_MODE`] (a startup option, so it costs no round trip).
+fn with_postgres_defaults(url: &str, dialect: Dialect) -> String {
+    if dialect != Dialect::Postgres {
+        return url.to_owned();
+    }
+    let mut missing = Vec::new();
+    if !url.contains("statement-cache-capacity=") {
+        missing.push(format!("statement-cache-capacity={POSTGRES_STATEMENT_CACHE}"));
+    }
+    if !url.contains("plan_cache_mode") {
+        missing.push(format!("options[plan_cache_mode]={POSTGRES_PLAN_CACHE_MODE}"));
+    }
+    if missing.is_empty() {
         return url.to_owned();
     }
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}statement-cache-capacity={POSTGRES_STATEMENT_CACHE}")
+    format!("{url}{separator}{}", missing.join("&"))
 }
 
 impl Store {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let dialect = Dialect::from_url(url)?;
         INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let options = AnyConnectOptions::from_str(&with_statement_cache(url, dialect))
+        let options = AnyConnectOptions::from_str(&with_postgres_defaults(url, dialect))
             .map_err(|source| StoreError::Connect { dialect: dialect.name(), source })?;
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -409,17 +426,22 @@ mod tests {
     }
 
     #[test]
-    fn postgres_urls_get_a_statement_cache_unless_they_set_one() {
+    fn postgres_urls_get_a_statement_cache_and_generic_plans_unless_they_set_their_own() {
+        let defaults = "statement-cache-capacity=1024&options[plan_cache_mode]=force_generic_plan";
         assert_eq!(
-            with_statement_cache("postgres://u@h/db", Dialect::Postgres),
-            "postgres://u@h/db?statement-cache-capacity=1024"
+            with_postgres_defaults("postgres://u@h/db", Dialect::Postgres),
+            format!("postgres://u@h/db?{defaults}")
         );
         assert_eq!(
-            with_statement_cache("postgres://u@h/db?sslmode=require", Dialect::Postgres),
-            "postgres://u@h/db?sslmode=require&statement-cache-capacity=1024"
+            with_postgres_defaults("postgres://u@h/db?sslmode=require", Dialect::Postgres),
+            format!("postgres://u@h/db?sslmode=require&{defaults}")
         );
-        let own = "postgres://u@h/db?statement-cache-capacity=50";
-        assert_eq!(with_statement_cache(own, Dialect::Postgres), own);
-        assert_eq!(with_statement_cache("sqlite:/tmp/x.db", Dialect::Sqlite), "sqlite:/tmp/x.db");
+        assert_eq!(
+            with_postgres_defaults("postgres://u@h/db?statement-cache-capacity=50", Dialect::Postgres),
+            "postgres://u@h/db?statement-cache-capacity=50&options[plan_cache_mode]=force_generic_plan"
+        );
+        let own = "postgres://u@h/db?statement-cache-capacity=50&options[plan_cache_mode]=auto";
+        assert_eq!(with_postgres_defaults(own, Dialect::Postgres), own);
+        assert_eq!(with_postgres_defaults("sqlite:/tmp/x.db", Dialect::Sqlite), "sqlite:/tmp/x.db");
     }
 }
