@@ -1,6 +1,7 @@
 //! PostgreSQL connections plan the platform's prepared statements once (ADR 027): the
 //! setting travels in every pooled connection's startup packet, and a URL that names
-//! `plan_cache_mode` keeps its own.
+//! `plan_cache_mode` keeps its own; reads that need plans for their values get them in
+//! a transaction of their own.
 
 use gpuaas_store::sqlx;
 use gpuaas_store::{POSTGRES_PLAN_CACHE_MODE, PoolSettings, Store};
@@ -16,11 +17,7 @@ async fn modes(url: &str, connections: u32) -> Vec<String> {
     }
     let mut seen = Vec::new();
     for connection in &mut held {
-        let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
-            .fetch_one(&mut **connection)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        seen.push(mode);
+        seen.push(mode(connection).await);
     }
     seen
 }
@@ -33,4 +30,33 @@ async fn postgres_connections_use_generic_plans_unless_the_url_says_otherwise() 
     let separator = if database.url.contains('?') { '&' } else { '?' };
     let own = format!("{}{separator}options[plan_cache_mode]=auto", database.url);
     assert_eq!(modes(&own, 2).await, ["auto", "auto"]);
+}
+
+/// `plan_cache_mode` as `connection` sees it.
+async fn mode(connection: &mut gpuaas_store::Connection) -> String {
+    sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(connection)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn reads_with_values_are_planned_per_call_and_leave_the_connection_as_it_was() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let settings = PoolSettings { max_connections: 1, ..PoolSettings::default() };
+    let store = Store::connect(&database.url, &settings).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let mut read = store.read_with_values().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mode(&mut read).await, "force_custom_plan");
+    let refused = sqlx::query("CREATE TABLE written (id TEXT)").execute(&mut *read).await;
+    assert!(refused.is_err(), "a read may not write");
+    drop(read);
+
+    let mut read = store.read_with_values().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mode(&mut read).await, "force_custom_plan");
+    read.finish().await.unwrap_or_else(|e| panic!("{e}"));
+
+    // The pool's one connection, after both reads: the setting was the transaction's.
+    let mut connection = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mode(&mut connection).await, POSTGRES_PLAN_CACHE_MODE);
 }
