@@ -145,9 +145,7 @@ pub(crate) async fn fetch_page(
     }
     // Planned with its values: which filter's index to walk depends on how rare its
     // value is (one actor's entries against a common action's).
-    let mut read = store.read_with_values().await?;
-    let rows = query.fetch_all(&mut *read).await?;
-    read.finish().await?;
+    let rows = store.fetch_all_with_values(query).await?;
     let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() > limit as usize {
         items.truncate(limit as usize);

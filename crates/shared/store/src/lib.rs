@@ -52,41 +52,38 @@ impl std::ops::DerefMut for Tx {
         &mut self.inner
     }
 }
-/// Statements on one connection, alone or in a transaction: what
-/// [`Store::one_write`] and [`Store::read_with_values`] give; `&mut *held` is its
-/// connection.
-pub enum Held {
+/// See [`Store::one_write`]; `&mut *one` is its connection.
+pub enum OneWrite {
     Alone(sqlx::pool::PoolConnection<sqlx::Any>),
     InTransaction(Tx),
 }
 
-impl Held {
-    /// Commits the transaction, if there is one; a statement alone committed when it
-    /// ran.
+impl OneWrite {
+    /// Commits on SQLite; on PostgreSQL the statement committed when it ran.
     pub async fn finish(self) -> Result<(), sqlx::Error> {
         match self {
-            Held::Alone(_) => Ok(()),
-            Held::InTransaction(tx) => tx.commit().await,
+            OneWrite::Alone(_) => Ok(()),
+            OneWrite::InTransaction(tx) => tx.commit().await,
         }
     }
 }
 
-impl std::ops::Deref for Held {
+impl std::ops::Deref for OneWrite {
     type Target = sqlx::AnyConnection;
 
     fn deref(&self) -> &Self::Target {
         match self {
-            Held::Alone(connection) => connection,
-            Held::InTransaction(tx) => tx,
+            OneWrite::Alone(connection) => connection,
+            OneWrite::InTransaction(tx) => tx,
         }
     }
 }
 
-impl std::ops::DerefMut for Held {
+impl std::ops::DerefMut for OneWrite {
     fn deref_mut(&mut self) -> &mut Self::Target {
         match self {
-            Held::Alone(connection) => connection,
-            Held::InTransaction(tx) => tx,
+            OneWrite::Alone(connection) => connection,
+            OneWrite::InTransaction(tx) => tx,
         }
     }
 }
@@ -382,30 +379,34 @@ impl Store {
     /// A connection for one write statement. On PostgreSQL a statement alone is its
     /// own transaction, so this is a plain pooled connection and costs no BEGIN and
     /// COMMIT round trips; on SQLite it is a transaction holding this process's write
-    /// turn (see [`Tx`]). [`Held::finish`] ends it; dropping it instead rolls the
+    /// turn (see [`Tx`]). [`OneWrite::finish`] ends it; dropping it instead rolls the
     /// SQLite transaction back.
-    pub async fn one_write(&self) -> Result<Held, StoreError> {
+    pub async fn one_write(&self) -> Result<OneWrite, StoreError> {
         match self.dialect {
-            Dialect::Postgres => Ok(Held::Alone(self.pool.acquire().await?)),
-            Dialect::Sqlite => Ok(Held::InTransaction(self.begin().await?)),
+            Dialect::Postgres => Ok(OneWrite::Alone(self.pool.acquire().await?)),
+            Dialect::Sqlite => Ok(OneWrite::InTransaction(self.begin().await?)),
         }
     }
 
-    /// A connection for reads whose best plan depends on their values, such as a
-    /// listing whose filters could each use an index (a rare status within one
-    /// tenant's allocations). On PostgreSQL a read-only transaction that plans each
-    /// statement with its values, where the platform otherwise keeps one generic plan
-    /// per statement (ADR 027): its BEGIN and the setting are one round trip, its end
-    /// ([`Held::finish`]) another. On SQLite, which has no such setting, a plain
-    /// pooled connection.
-    pub async fn read_with_values(&self) -> Result<Held, StoreError> {
+    /// Runs a read whose best plan depends on its values, such as a listing whose
+    /// filters could each use an index (a rare status within one tenant's
+    /// allocations). On PostgreSQL it runs in a read-only transaction that plans it
+    /// with its values, where the platform otherwise keeps one generic plan per
+    /// statement (ADR 027): its BEGIN and the setting are one round trip, its COMMIT
+    /// another. SQLite has no such setting and runs it on a pooled connection.
+    pub async fn fetch_all_with_values<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<Row>, StoreError> {
         match self.dialect {
             Dialect::Postgres => {
-                let inner =
+                let mut tx =
                     self.pool.begin_with("BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan").await?;
-                Ok(Held::InTransaction(Tx { inner, _turn: None }))
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
             }
-            Dialect::Sqlite => Ok(Held::Alone(self.pool.acquire().await?)),
+            Dialect::Sqlite => Ok(query.fetch_all(&self.pool).await?),
         }
     }
 

@@ -3,7 +3,7 @@
 //! `plan_cache_mode` keeps its own; reads that need plans for their values get them in
 //! a transaction of their own.
 
-use gpuaas_store::sqlx;
+use gpuaas_store::sqlx::{self, Row};
 use gpuaas_store::{POSTGRES_PLAN_CACHE_MODE, PoolSettings, Store};
 use gpuaas_testkit::{Backend, TestDatabase};
 
@@ -46,17 +46,16 @@ async fn reads_with_values_are_planned_per_call_and_leave_the_connection_as_it_w
     let settings = PoolSettings { max_connections: 1, ..PoolSettings::default() };
     let store = Store::connect(&database.url, &settings).await.unwrap_or_else(|e| panic!("{e}"));
 
-    let mut read = store.read_with_values().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(mode(&mut read).await, "force_custom_plan");
-    let refused = sqlx::query("CREATE TABLE written (id TEXT)").execute(&mut *read).await;
-    assert!(refused.is_err(), "a read may not write");
-    drop(read);
+    let setting = sqlx::query("SELECT current_setting('plan_cache_mode') AS mode");
+    let rows = store.fetch_all_with_values(setting).await.unwrap_or_else(|e| panic!("{e}"));
+    let mode_inside: String = rows[0].try_get("mode").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mode_inside, "force_custom_plan");
 
-    let mut read = store.read_with_values().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(mode(&mut read).await, "force_custom_plan");
-    read.finish().await.unwrap_or_else(|e| panic!("{e}"));
+    let write = sqlx::query("CREATE TABLE written (id TEXT)");
+    assert!(store.fetch_all_with_values(write).await.is_err(), "a read may not write");
 
-    // The pool's one connection, after both reads: the setting was the transaction's.
+    // The pool's one connection, after both reads, the failed one included: the
+    // setting was the transaction's.
     let mut connection = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(mode(&mut connection).await, POSTGRES_PLAN_CACHE_MODE);
 }

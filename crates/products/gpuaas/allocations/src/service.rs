@@ -885,9 +885,7 @@ impl Allocations {
         }
         // Planned with its values: a tenant's rare status is found through the status
         // index, not by walking all of the tenant's allocations.
-        let mut read = self.store().read_with_values().await?;
-        let rows = query.fetch_all(&mut *read).await?;
-        read.finish().await?;
+        let rows = self.store().fetch_all_with_values(query).await?;
         let mut items =
             rows.iter().map(|row| record_from_row(row).map(|record| record.view)).collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if items.len() > limit as usize {
