@@ -463,6 +463,26 @@ async fn one_broken_step_does_not_hold_back_the_others_of_its_pass(backend: Back
     assert_eq!((again.claimed, again.failed_steps), (0, 0), "{again:?}");
 }
 
+gpuaas_testkit::both_backends!(a_row_due_long_before_the_runners_look_is_still_taken);
+/// Passes look for due rows from a floor near the last complete look, not from the
+/// start of time; a row that came due below it (a process whose clock is behind, a
+/// late commit) is taken by the full look the runner makes once a second.
+async fn a_row_due_long_before_the_runners_look_is_still_taken(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 50_000).await;
+    let id = text(&create(&app, &world, 1).await["id"]);
+    step(&app).await;
+    assert_eq!(show(&app, &world.user, &id).await["status"], "provisioning");
+    gpuaas_store::sqlx::query("UPDATE allocations SET workflow_due_at = workflow_due_at - 3600000000 WHERE id = $1")
+        .bind(&id)
+        .execute(app.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = app.allocations.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.failed_steps), (1, 0), "{report:?}");
+}
+
 gpuaas_testkit::both_backends!(a_node_result_moves_its_allocation_on_without_a_poll);
 async fn a_node_result_moves_its_allocation_on_without_a_poll(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -119,6 +119,8 @@ struct Inner {
     creates: create::CreateQueue,
     /// Releases waiting for a batch to share.
     releases: release::ReleaseQueue,
+    /// Where this process's workflow passes look for due rows.
+    due_scan: workflow::DueScan,
 }
 
 impl Allocations {
@@ -136,7 +138,8 @@ impl Allocations {
                 told.task_finished(id);
             }
         }));
-        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, signals, creates, releases }) }
+        let due_scan = workflow::DueScan::default();
+        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, signals, creates, releases, due_scan }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -179,5 +182,9 @@ impl Allocations {
 
     pub(crate) fn wake_signal(&self) -> &Notify {
         &self.inner.signals.wake
+    }
+
+    pub(crate) fn due_scan(&self) -> &workflow::DueScan {
+        &self.inner.due_scan
     }
 }

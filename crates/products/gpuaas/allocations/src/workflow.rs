@@ -18,6 +18,7 @@
 //! what happens, so a duplicate or late event is harmless.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use gpuaas_inventory::slots;
@@ -38,6 +39,74 @@ const MAX_GROUP: usize = 64;
 const FAILED_STEP_RETRY: Duration = Duration::from_secs(30);
 /// Longest backoff between task attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How far behind the last complete look a pass starts (see [`DueScan`]): a row is
+/// written due at its writer's now, and may commit a little later.
+const DUE_LOOKBACK: Duration = Duration::from_millis(500);
+/// How often a pass of this process looks back all the way instead.
+const FULL_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Where this process's passes start looking for due rows.
+///
+/// On PostgreSQL every step leaves its row's old due time behind as a dead entry of
+/// the due index, and those entries, all in the past, sit in front of the live ones
+/// until VACUUM removes them (autovacuum comes at most once a minute). A look from the
+/// index's start read them all, twice a pass (the count and the claim): about 120
+/// index pages a look under load. So a pass looks from a floor instead: when a look
+/// found fewer due rows than it could take, every row due by its time was taken or
+/// held by another runner, and the floor moves up to that time less
+/// [`DUE_LOOKBACK`]. A look that found as many as it could take leaves the floor
+/// where it is, so a backlog is worked oldest first. Once every [`FULL_LOOK_EVERY`] a
+/// pass looks back all the way, for rows that came due below the floor (a commit
+/// later than the lookback, another process's clock), so such a row waits at most
+/// that long beyond the runners' own delay.
+#[derive(Debug)]
+pub(crate) struct DueScan {
+    floor: AtomicI64,
+    last_full_look: AtomicI64,
+}
+
+impl Default for DueScan {
+    fn default() -> Self {
+        // A new process's first pass looks all the way.
+        Self { floor: AtomicI64::new(i64::MIN), last_full_look: AtomicI64::new(i64::MIN) }
+    }
+}
+
+impl DueScan {
+    /// The window of the pass starting `now` (microseconds).
+    fn window(&self, now: i64) -> DueWindow {
+        let every = i64::try_from(FULL_LOOK_EVERY.as_micros()).unwrap_or(i64::MAX);
+        // One pass of the process takes the full look: the one that moves its time on.
+        let full = now.saturating_sub(self.last_full_look.load(Ordering::Relaxed)) >= every
+            && self.last_full_look.fetch_max(now, Ordering::Relaxed) <= now.saturating_sub(every);
+        let after = if full { i64::MIN } else { self.floor.load(Ordering::Relaxed) };
+        DueWindow { after, until: now }
+    }
+
+    /// A look over `window` found `found` due rows of the `most` it counts up to.
+    fn looked(&self, window: DueWindow, found: usize, most: usize) {
+        if found < most {
+            let lookback = i64::try_from(DUE_LOOKBACK.as_micros()).unwrap_or(i64::MAX);
+            self.floor.fetch_max(window.until.saturating_sub(lookback), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The due times one pass looks at: after `after` (exclusive) and up to `until`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DueWindow {
+    after: i64,
+    until: i64,
+}
+
+/// How `step_together` takes its rows: up to `due` of those in
+/// `window` beside the told ones, and with a batched journal or writing as it goes.
+#[derive(Debug, Clone, Copy)]
+struct Together {
+    due: usize,
+    window: DueWindow,
+    batched: bool,
+}
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +162,15 @@ impl Allocations {
         // runner looks with one read and opens no transaction (on SQLite, takes no
         // writer's turn).
         let room = (per_group * parallel).saturating_sub(told.len());
-        let mut due = if room > 0 { self.due_count(per_group * parallel).await?.min(room) } else { 0 };
+        let window = self.due_scan().window(Timestamp::now().as_micros());
+        let mut due = if room > 0 {
+            let most = per_group * parallel;
+            let found = self.due_count(window, most).await?;
+            self.due_scan().looked(window, found, most);
+            found.min(room)
+        } else {
+            0
+        };
         let groups = (told.len() + due).div_ceil(per_group).min(parallel);
         if groups == 0 {
             return Ok(RunReport::default());
@@ -110,7 +187,7 @@ impl Allocations {
             due -= take_due;
             let size = told.len() + take_due;
             let this = self.clone();
-            running.spawn(async move { this.run_group(told, size, &timing).await });
+            running.spawn(async move { this.run_group(told, size, window, &timing).await });
         }
         let mut report = RunReport::default();
         while let Some(joined) = running.join_next().await {
@@ -137,13 +214,14 @@ impl Allocations {
     /// costs the cached generic plan as if a tenth of the table were wanted, finds it
     /// dearer than a plan for the actual values and plans the statement afresh on every
     /// call, which was most of its cost (ADR 019). A runner counts with one limit.
-    async fn due_count(&self, most: usize) -> Result<usize, AllocationError> {
+    async fn due_count(&self, window: DueWindow, most: usize) -> Result<usize, AllocationError> {
         let sql = format!(
-            "SELECT COUNT(*) FROM (SELECT workflow_due_at FROM allocations WHERE workflow_due_at <= $1 \
-             ORDER BY workflow_due_at LIMIT {most}) AS due"
+            "SELECT COUNT(*) FROM (SELECT workflow_due_at FROM allocations \
+             WHERE workflow_due_at > $1 AND workflow_due_at <= $2 ORDER BY workflow_due_at LIMIT {most}) AS due"
         );
         let due: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(Timestamp::now().as_micros())
+            .bind(window.after)
+            .bind(window.until)
             .fetch_one(self.store().pool())
             .await?;
         Ok(usize::try_from(due).unwrap_or(0))
@@ -154,8 +232,15 @@ impl Allocations {
     /// broken, a node stopped taking tasks), everything the group wrote is dropped and
     /// each allocation gets a transaction of its own, so one conflict costs its
     /// neighbours nothing; a row whose step fails alone too is postponed.
-    async fn run_group(&self, told: Vec<String>, size: usize, timing: &Timing) -> Result<RunReport, AllocationError> {
-        let StepFailure { claimed, error } = match self.step_together(&told, size, timing, true).await {
+    async fn run_group(
+        &self,
+        told: Vec<String>,
+        size: usize,
+        window: DueWindow,
+        timing: &Timing,
+    ) -> Result<RunReport, AllocationError> {
+        let together = Together { due: size, window, batched: true };
+        let StepFailure { claimed, error } = match self.step_together(&told, together, timing).await {
             Ok(claimed) => return Ok(RunReport { claimed: claimed.len(), failed_steps: 0 }),
             // Nothing was claimed: the database itself failed.
             Err(failure) if failure.claimed.is_empty() => return Err(failure.error),
@@ -166,7 +251,8 @@ impl Allocations {
         tracing::debug!(%error, steps = claimed.len(), "grouped workflow steps failed; taking them one by one");
         let mut report = RunReport::default();
         for id in claimed {
-            match self.step_together(std::slice::from_ref(&id), 0, timing, false).await {
+            let alone = Together { due: 0, window, batched: false };
+            match self.step_together(std::slice::from_ref(&id), alone, timing).await {
                 Ok(taken) => report.claimed += taken.len(),
                 Err(failure) => {
                     report.claimed += 1;
@@ -186,13 +272,12 @@ impl Allocations {
     async fn step_together(
         &self,
         told: &[String],
-        due: usize,
+        together: Together,
         timing: &Timing,
-        batched: bool,
     ) -> Result<Vec<String>, StepFailure> {
         let failed = |claimed: &[String], error: AllocationError| StepFailure { claimed: claimed.to_vec(), error };
         let mut tx = self.store().begin().await.map_err(|error| failed(&[], error.into()))?;
-        let claimed = match self.claim(&mut tx, told, due).await {
+        let claimed = match self.claim(&mut tx, told, together.due, together.window).await {
             Ok(claimed) => claimed,
             Err(error) => {
                 drop(tx.rollback().await);
@@ -204,7 +289,7 @@ impl Allocations {
             tx.rollback().await.map_err(|error| failed(&[], error.into()))?;
             return Ok(ids);
         }
-        let journal = if batched {
+        let journal = if together.batched {
             Journal::batched(timing.billing_window_seconds, timing.checkpoint_every)
         } else {
             Journal::default()
@@ -254,7 +339,13 @@ impl Allocations {
     /// Locks and reads, in the caller's transaction, the allocations of `told` that
     /// still have work and then up to `due` of those whose time has come, skipping rows
     /// another transaction holds.
-    async fn claim(&self, tx: &mut Connection, told: &[String], due: usize) -> Result<Vec<Record>, AllocationError> {
+    async fn claim(
+        &self,
+        tx: &mut Connection,
+        told: &[String],
+        due: usize,
+        window: DueWindow,
+    ) -> Result<Vec<Record>, AllocationError> {
         let store = self.store();
         let lock = store.dialect().skip_locked();
         let mut claimed: Vec<Record> = Vec::new();
@@ -279,10 +370,11 @@ impl Allocations {
             // takes a few more due rows than it had room for.
             let room = gpuaas_store::batch_rows(room, MAX_GROUP);
             let sql = format!(
-                "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at <= $1 ORDER BY workflow_due_at LIMIT {room}{lock}"
+                "SELECT {COLUMNS} FROM allocations WHERE workflow_due_at > $1 AND workflow_due_at <= $2 \
+                 ORDER BY workflow_due_at LIMIT {room}{lock}"
             );
             let rows =
-                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(Timestamp::now().as_micros()).fetch_all(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(window.after).bind(window.until).fetch_all(&mut *tx).await?;
             for row in &rows {
                 let record = record_from_row(row)?;
                 // A told row that was also due is already held by this transaction.
@@ -863,5 +955,64 @@ impl Allocations {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000;
+
+    fn micros(duration: Duration) -> i64 {
+        i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// A process whose first (full) look, at `at`, found `found` of 64.
+    fn after_first_look(at: i64, found: usize) -> DueScan {
+        let scan = DueScan::default();
+        let first = scan.window(at);
+        scan.looked(first, found, 64);
+        scan
+    }
+
+    #[test]
+    fn a_new_process_looks_all_the_way_back_first() {
+        let scan = DueScan::default();
+        assert_eq!(scan.window(100 * SECOND).after, i64::MIN);
+    }
+
+    #[test]
+    fn a_look_that_took_all_it_found_moves_the_floor_up_to_its_time_less_the_lookback() {
+        let scan = after_first_look(100 * SECOND, 3);
+        let next = scan.window(100 * SECOND + 10_000);
+        assert_eq!(next.after, 100 * SECOND - micros(DUE_LOOKBACK));
+        assert_eq!(next.until, 100 * SECOND + 10_000);
+    }
+
+    #[test]
+    fn a_look_that_found_all_it_could_take_leaves_the_floor_so_a_backlog_is_taken_oldest_first() {
+        let scan = after_first_look(100 * SECOND, 1);
+        let busy = scan.window(100 * SECOND + 1_000);
+        scan.looked(busy, 64, 64);
+        assert_eq!(scan.window(100 * SECOND + 2_000).after, busy.after);
+    }
+
+    #[test]
+    fn one_pass_a_second_looks_all_the_way_back() {
+        let scan = after_first_look(100 * SECOND, 0);
+        let every = micros(FULL_LOOK_EVERY);
+        assert_ne!(scan.window(100 * SECOND + every - 1).after, i64::MIN);
+        // Two passes starting together: one of them looks all the way.
+        let (a, b) = (scan.window(100 * SECOND + every), scan.window(100 * SECOND + every));
+        assert_eq!([a.after, b.after].iter().filter(|after| **after == i64::MIN).count(), 1);
+    }
+
+    #[test]
+    fn the_floor_never_moves_back() {
+        let scan = after_first_look(200 * SECOND, 0);
+        let early = DueWindow { after: i64::MIN, until: 150 * SECOND };
+        scan.looked(early, 0, 64);
+        assert_eq!(scan.window(200 * SECOND + 1).after, 200 * SECOND - micros(DUE_LOOKBACK));
     }
 }
