@@ -51,7 +51,7 @@ const FULL_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// the due index, and those entries, all in the past, sit in front of the live ones
 /// until VACUUM removes them (autovacuum comes at most once a minute). A look from the
 /// index's start read them all, twice a pass (the count and the claim): about 120
-/// index pages a look under load. So a pass looks from a floor instead: when a look
+/// buffers a look under load (ADR 028). So a pass looks from a floor instead: when a look
 /// found fewer due rows than it could take, every row due by its time was taken or
 /// held by another runner, and the floor moves up to that time less
 /// [`DUE_LOOKBACK`]. A look that found as many as it could take leaves the floor
