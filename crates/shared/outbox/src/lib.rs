@@ -16,12 +16,20 @@ use gpuaas_events::catalog::validate_subject;
 use gpuaas_store::{Connection, Migration, StoreError};
 pub use relay::{OutboxCounts, Relay, RelayReport, RelaySettings};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112303,
-    name: "outbox",
-    sqlite: include_str!("../migrations/2026112303_outbox.sqlite.sql"),
-    postgres: include_str!("../migrations/2026112303_outbox.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112303,
+        name: "outbox",
+        sqlite: include_str!("../migrations/2026112303_outbox.sqlite.sql"),
+        postgres: include_str!("../migrations/2026112303_outbox.postgres.sql"),
+    },
+    Migration {
+        version: 2026120300,
+        name: "outbox_event_id_not_unique",
+        sqlite: include_str!("../migrations/2026120300_outbox_event_id_not_unique.sqlite.sql"),
+        postgres: include_str!("../migrations/2026120300_outbox_event_id_not_unique.postgres.sql"),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {

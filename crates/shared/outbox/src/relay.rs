@@ -146,9 +146,9 @@ impl Relay {
         for row in rows {
             sqlx::query(
                 "UPDATE outbox_events SET lease_owner = NULL, lease_until = NULL \
-                 WHERE event_id = $1 AND lease_owner = $2",
+                 WHERE seq = $1 AND lease_owner = $2",
             )
-            .bind(&row.event_id)
+            .bind(row.seq)
             .bind(&self.owner)
             .execute(self.store.pool())
             .await?;
@@ -160,10 +160,10 @@ impl Relay {
         sqlx::query(
             "UPDATE outbox_events SET status = 'published', published_at = $1, lease_owner = NULL, \
              lease_until = NULL, attempts = attempts + 1, last_error = NULL \
-             WHERE event_id = $2 AND lease_owner = $3",
+             WHERE seq = $2 AND lease_owner = $3",
         )
         .bind(Timestamp::now().as_micros())
-        .bind(&row.event_id)
+        .bind(row.seq)
         .bind(&self.owner)
         .execute(self.store.pool())
         .await?;
@@ -181,11 +181,11 @@ impl Relay {
         if exhausted {
             let updated = sqlx::query(
                 "UPDATE outbox_events SET status = 'failed', attempts = $1, last_error = $2, \
-                 lease_owner = NULL, lease_until = NULL WHERE event_id = $3 AND lease_owner = $4",
+                 lease_owner = NULL, lease_until = NULL WHERE seq = $3 AND lease_owner = $4",
             )
             .bind(attempts)
             .bind(&error)
-            .bind(&row.event_id)
+            .bind(row.seq)
             .bind(&self.owner)
             .execute(&mut *tx)
             .await?;
@@ -221,12 +221,12 @@ impl Relay {
             let delay = backoff(attempts, settings);
             sqlx::query(
                 "UPDATE outbox_events SET attempts = $1, last_error = $2, next_attempt_at = $3, \
-                 lease_owner = NULL, lease_until = NULL WHERE event_id = $4 AND lease_owner = $5",
+                 lease_owner = NULL, lease_until = NULL WHERE seq = $4 AND lease_owner = $5",
             )
             .bind(attempts)
             .bind(&error)
             .bind(now.saturating_add(delay).as_micros())
-            .bind(&row.event_id)
+            .bind(row.seq)
             .bind(&self.owner)
             .execute(&mut *tx)
             .await?;

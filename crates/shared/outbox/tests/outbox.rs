@@ -240,8 +240,44 @@ async fn enqueue_many_keeps_order_and_refuses_all_for_one_bad_event(backend: Bac
     assert_eq!(delivered, events);
 }
 
+/// Events written before the migration that drops `event_id`'s unique index (a table
+/// rebuild on SQLite) are still there after it, in order, and relayed; new events
+/// number on after them.
+async fn events_written_before_the_event_id_migration_survive_it(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = Store::connect(&database.url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let first: Vec<_> = gpuaas_events::MIGRATIONS.iter().chain(&gpuaas_outbox::MIGRATIONS[..1]).copied().collect();
+    store.migrate(&first).await.unwrap_or_else(|e| panic!("{e}"));
+    let before = write_events(&store, 3, true).await;
+    let all: Vec<_> = [gpuaas_events::MIGRATIONS, gpuaas_outbox::MIGRATIONS].into_iter().flatten().copied().collect();
+    let applied = store.migrate(&all).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(applied, [2026120300]);
+    // What is left: the pending index, and the primary key where it is an index.
+    let indexes = match backend {
+        Backend::Postgres => "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'outbox_events'",
+        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox_events'",
+    };
+    let indexes: i64 = sqlx::query_scalar(indexes).fetch_one(store.pool()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(indexes, if backend == Backend::Postgres { 2 } else { 1 });
+    let after = write_events(&store, 2, true).await;
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox_events ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seqs.len(), 5);
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+    let bus = Arc::new(EmbeddedBus::new(store.clone()));
+    let relay = Relay::new(store.clone(), bus.clone());
+    assert_eq!(relay.run_once(&settings()).await.unwrap_or_else(|e| panic!("{e}")).published, 5);
+    let delivered =
+        drain(bus.as_ref(), &ConsumerSpec::new("test", "gpuaas.provisioning.>"), Duration::from_millis(50)).await;
+    let expected: Vec<_> = before.iter().chain(&after).map(|event| event.id).collect();
+    assert_eq!(delivered.iter().map(|event| event.id).collect::<Vec<_>>(), expected);
+}
+
 gpuaas_testkit::both_backends!(
     enqueue_many_keeps_order_and_refuses_all_for_one_bad_event,
+    events_written_before_the_event_id_migration_survive_it,
     relay_publishes_exactly_the_committed_events,
     concurrent_relays_never_publish_a_row_twice,
     exhausted_retries_mark_failed_and_dead_letter,
