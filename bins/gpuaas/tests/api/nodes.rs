@@ -758,7 +758,9 @@ async fn nodes_drain_go_offline_and_retire(backend: Backend) {
     assert_eq!(a.beat().await.status(), 200, "a refused retirement revokes nothing");
 
     let mut tx = app.store.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(slots::release(&mut tx, &allocation).await.unwrap_or_else(|e| panic!("{e}")), 1);
+    let held =
+        slots::Held { allocation_id: allocation, node_id: reservation.node_id, gpu_indices: reservation.gpu_indices };
+    assert_eq!(slots::release(&mut tx, &held).await.unwrap_or_else(|e| panic!("{e}")), 1);
     tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
     let retired = json(send(&app, Method::DELETE, &node_path, &admin, None).await, 200).await;
     assert_eq!(retired["status"], "retired", "{retired}");

@@ -118,6 +118,17 @@ pub(crate) struct Record {
     pub(crate) release_task_id: Option<String>,
 }
 
+impl Record {
+    /// The GPU slots this allocation holds, as its reservation named them.
+    pub(crate) fn held_slots(&self) -> slots::Held {
+        slots::Held {
+            allocation_id: self.view.id.clone(),
+            node_id: self.view.node_id.clone(),
+            gpu_indices: self.view.gpu_indices.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllocationFilter {
     pub status: Option<AllocationStatus>,
@@ -952,7 +963,7 @@ impl Allocations {
                     subject: Some(events::PROVISIONING_FAILED),
                 };
                 apply(connection, &mut record, Some(&change), schedule(None, false)).await?;
-                slots::release(connection, allocation_id).await?;
+                slots::release(connection, &record.held_slots()).await?;
                 let woken = if record.provision_task_id.is_some() {
                     crate::workflow::queue_cleanup(self, connection, &record, actor, None).await?
                 } else {

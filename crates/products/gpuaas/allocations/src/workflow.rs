@@ -611,7 +611,7 @@ impl Allocations {
         let mut sets = schedule(None, false);
         sets.extend(extra);
         apply_journaled(tx, record, Some(&change), sets, step.journal).await?;
-        slots::release_into(&record.view.id, &step.journal.freed);
+        slots::release_into(&record.held_slots(), &step.journal.freed);
         if cleanup {
             queue_cleanup(self, tx, record, step.actor, Some(step.journal)).await?;
         }
@@ -652,7 +652,7 @@ impl Allocations {
                 };
                 apply_journaled(tx, record, Some(&change), schedule(None, false), step.journal).await?;
                 self.stop_metering_in(tx, step, &record.view.id).await?;
-                slots::release_into(&record.view.id, &step.journal.freed);
+                slots::release_into(&record.held_slots(), &step.journal.freed);
                 Ok(None)
             }
             TaskStatus::Failed | TaskStatus::Expired => {

@@ -67,6 +67,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120230_partial_task_indexes.sql"),
         postgres: include_str!("../migrations/2026120230_partial_task_indexes.sql"),
     },
+    Migration {
+        version: 2026120310,
+        name: "slots_without_allocation_index",
+        sqlite: include_str!("../migrations/2026120310_slots_without_allocation_index.sqlite.sql"),
+        postgres: include_str!("../migrations/2026120310_slots_without_allocation_index.postgres.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.

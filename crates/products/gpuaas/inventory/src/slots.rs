@@ -243,7 +243,7 @@ pub async fn reserve_many(
         .collect())
 }
 
-/// Slot claims per UPDATE (3 parameters each).
+/// Slot claims, or releases, per UPDATE (3 parameters each).
 const CLAIMS_PER_UPDATE: usize = 300;
 
 /// Picks slots for each request in turn from `free` (node → its free GPU indices,
@@ -323,21 +323,35 @@ async fn claim_on(
     }
     // Lost a race for part of this node: give back what we took (its count was not
     // taken yet).
-    unclaim(connection, &[allocation_id.to_owned()]).await?;
+    let took = Held { allocation_id: allocation_id.to_owned(), node_id: node_id.to_owned(), gpu_indices: claimed };
+    unclaim(connection, std::slice::from_ref(&took)).await?;
     Ok(None)
 }
 
-/// Frees every slot `allocation_id` holds; returns how many.
-pub async fn release(connection: &mut Connection, allocation_id: &str) -> Result<u64, InventoryError> {
+/// The slots an allocation holds, as its record names them (the node and GPUs its
+/// reservation returned). Release finds the slots by them, so the slots need no index
+/// on the allocation: a claim or release then changes no indexed column, and
+/// PostgreSQL can update the row in place (a HOT update) instead of adding index
+/// entries for it (ADR 030).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub allocation_id: String,
+    pub node_id: String,
+    pub gpu_indices: Vec<i64>,
+}
+
+/// Frees the slots `held` names, where its allocation still holds them; returns how
+/// many.
+pub async fn release(connection: &mut Connection, held: &Held) -> Result<u64, InventoryError> {
     let freed = FreedSlots::default();
-    release_into(allocation_id, &freed);
+    release_into(held, &freed);
     freed.credit(connection).await
 }
 
-/// [`release`] later: the slots of `allocation_id` are cleared and counted on their
-/// nodes when `freed` is credited, as the transaction's last writes.
-pub fn release_into(allocation_id: &str, freed: &FreedSlots) {
-    freed.allocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(allocation_id.to_owned());
+/// [`release`] later: the slots are cleared and counted on their nodes when `freed` is
+/// credited, as the transaction's last writes.
+pub fn release_into(held: &Held, freed: &FreedSlots) {
+    freed.allocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(held.clone());
 }
 
 /// Allocations whose slots a transaction frees, not yet cleared. A placement locks its
@@ -347,7 +361,7 @@ pub fn release_into(allocation_id: &str, freed: &FreedSlots) {
 /// whole transaction. Only touched between awaits, hence a plain mutex.
 #[derive(Debug, Default)]
 pub struct FreedSlots {
-    allocations: std::sync::Mutex<Vec<String>>,
+    allocations: std::sync::Mutex<Vec<Held>>,
 }
 
 impl FreedSlots {
@@ -358,11 +372,9 @@ impl FreedSlots {
             std::mem::take(&mut *self.allocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let mut freed = 0;
         let mut per_node: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-        for chunk in allocations.chunks(UNCLAIMS_PER_UPDATE) {
-            for node in unclaim(connection, chunk).await? {
-                *per_node.entry(node).or_default() += 1;
-                freed += 1;
-            }
+        for node in unclaim(connection, &allocations).await? {
+            *per_node.entry(node).or_default() += 1;
+            freed += 1;
         }
         credit_nodes(connection, &per_node).await?;
         Ok(freed)
@@ -440,25 +452,30 @@ async fn lock_nodes_to_credit(connection: &mut Connection, nodes: &[&str]) -> Re
     }
 }
 
-/// Allocations whose slots one UPDATE clears.
-const UNCLAIMS_PER_UPDATE: usize = 500;
-
-/// Clears the slots the allocations hold without touching the nodes' free counts;
-/// returns the node of each slot cleared.
-async fn unclaim(connection: &mut Connection, allocation_ids: &[String]) -> Result<Vec<String>, InventoryError> {
-    if allocation_ids.is_empty() {
-        return Ok(Vec::new());
+/// Clears the slots `held` names, each only while its allocation holds it, without
+/// touching the nodes' free counts; returns the node of each slot cleared.
+async fn unclaim(connection: &mut Connection, held: &[Held]) -> Result<Vec<String>, InventoryError> {
+    let slots: Vec<(&str, i64, &str)> = held
+        .iter()
+        .flat_map(|held| {
+            held.gpu_indices.iter().map(|index| (held.node_id.as_str(), *index, held.allocation_id.as_str()))
+        })
+        .collect();
+    let mut nodes = Vec::with_capacity(slots.len());
+    for chunk in slots.chunks(CLAIMS_PER_UPDATE) {
+        let batch = gpuaas_store::Padded::new(chunk, CLAIMS_PER_UPDATE);
+        let sql = format!(
+            "WITH held (node_id, gpu_index, allocation_id) AS (VALUES {}) \
+             UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL FROM held \
+             WHERE node_resource_slots.node_id = held.node_id AND node_resource_slots.gpu_index = held.gpu_index \
+             AND node_resource_slots.allocation_id = held.allocation_id RETURNING node_resource_slots.node_id",
+            batch.value_rows(1, 3)
+        );
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+        for ((node, index, allocation), _) in batch.rows() {
+            query = query.bind(*node).bind(*index).bind(*allocation);
+        }
+        nodes.extend(query.fetch_all(&mut *connection).await?);
     }
-    let batch = gpuaas_store::Padded::new(allocation_ids, UNCLAIMS_PER_UPDATE);
-    let placeholders = batch.placeholders(1);
-    let sql = format!(
-        "UPDATE node_resource_slots SET allocation_id = NULL, reserved_at = NULL WHERE allocation_id IN ({}) \
-         RETURNING node_id",
-        placeholders
-    );
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for (id, _) in batch.rows() {
-        query = query.bind(id.clone());
-    }
-    Ok(query.fetch_all(&mut *connection).await?)
+    Ok(nodes)
 }

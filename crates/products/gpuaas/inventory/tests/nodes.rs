@@ -381,9 +381,29 @@ async fn reserve(env: &Env, sku_id: &str, gpus: i64, allocation_id: &str) -> Opt
     reservation
 }
 
+/// The slots `allocation_id` holds, as its record would name them (one node).
+async fn held(env: &Env, allocation_id: &str) -> slots::Held {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node_id, gpu_index FROM node_resource_slots WHERE allocation_id = $1 ORDER BY gpu_index",
+    )
+    .bind(allocation_id)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    slots::Held {
+        allocation_id: allocation_id.to_owned(),
+        node_id: rows.first().map(|(node, _)| node.clone()).unwrap_or_default(),
+        gpu_indices: rows.iter().map(|(_, index)| *index).collect(),
+    }
+}
+
 async fn release(env: &Env, allocation_id: &str) -> u64 {
+    release_held(env, &held(env, allocation_id).await).await
+}
+
+async fn release_held(env: &Env, held: &slots::Held) -> u64 {
     let mut tx = env.store.begin().await.unwrap();
-    let freed = slots::release(&mut tx, allocation_id).await.unwrap();
+    let freed = slots::release(&mut tx, held).await.unwrap();
     tx.commit().await.unwrap();
     freed
 }
@@ -434,8 +454,14 @@ async fn drain_blocks_placement_and_retire_waits_for_release(backend: Backend) {
     env.plane.authenticate_node(&node.peer).await.expect("the certificate still works");
     assert_eq!(release(&env, "alloc-1").await, 2);
     assert_err!(env.plane.retire(&operator(), &node.id).await, InventoryError::NodeInUse(1));
-    assert_eq!(release(&env, "alloc-2").await, 1);
-    assert_eq!(release(&env, "alloc-2").await, 0, "release is idempotent");
+    let second_held = held(&env, "alloc-2").await;
+    assert_eq!(release_held(&env, &second_held).await, 1);
+    assert_eq!(release_held(&env, &second_held).await, 0, "release is idempotent");
+    // A record naming slots its allocation does not hold frees none of them.
+    let other = reserve(&env, &h100.id, 1, "alloc-3").await.expect("room on the node");
+    let stale = slots::Held { allocation_id: "alloc-2".into(), node_id: other.node_id, gpu_indices: other.gpu_indices };
+    assert_eq!(release_held(&env, &stale).await, 0);
+    assert_eq!(release(&env, "alloc-3").await, 1);
 
     let retired = env.plane.retire(&operator(), &node.id).await.unwrap();
     assert_eq!(retired.status, NodeStatus::Retired);
@@ -597,18 +623,20 @@ async fn a_credit_waits_for_a_node_holding_no_other(backend: Backend) {
         return;
     }
 
-    let mut held = env.store.begin().await.unwrap();
+    let (first_held, second_held) = (held(&env, "alloc-1").await, held(&env, "alloc-2").await);
+    let mut holding = env.store.begin().await.unwrap();
     sqlx::query("SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE")
         .bind(&last)
-        .fetch_one(&mut *held)
+        .fetch_one(&mut *holding)
         .await
         .unwrap();
     let store = env.store.clone();
+
     let credit = tokio::spawn(async move {
         let mut tx = store.begin().await?;
         let freed = slots::FreedSlots::default();
-        slots::release_into("alloc-1", &freed);
-        slots::release_into("alloc-2", &freed);
+        slots::release_into(&first_held, &freed);
+        slots::release_into(&second_held, &freed);
         let count = freed.credit(&mut tx).await?;
         tx.commit().await?;
         Ok::<u64, InventoryError>(count)
@@ -622,7 +650,7 @@ async fn a_credit_waits_for_a_node_holding_no_other(backend: Backend) {
         .unwrap_or_else(|error| panic!("the waiting credit holds the other node: {error}"));
     assert_eq!(taken.as_deref(), Some(first.as_str()));
     placement.rollback().await.unwrap();
-    held.rollback().await.unwrap();
+    holding.rollback().await.unwrap();
     assert_eq!(credit.await.unwrap().unwrap(), 16);
     for node in [&first, &last] {
         assert_eq!(nodes::get(&env.store, node).await.unwrap().occupancy.gpus_allocated, 0);
