@@ -289,8 +289,17 @@ pub const POSTGRES_STATEMENT_CACHE: usize = 1024;
 /// them afresh on each call, about a tenth of its CPU under load (ADR 027).
 pub const POSTGRES_PLAN_CACHE_MODE: &str = "force_generic_plan";
 
-/// `url` with the PostgreSQL defaults the URL leaves unset: [`POSTGRES_STATEMENT_CACHE`]
-/// and [`POSTGRES_PLAN_CACHE_MODE`] (a startup option, so it costs no round trip).
+/// The planner's cost of a page read out of order, on every PostgreSQL connection,
+/// unless the URL names `random_page_cost` itself. PostgreSQL's default (4) prices a
+/// disk that seeks; the platform's tables are hot and in memory, and at the default
+/// the generic plan of a padded `UPDATE … FROM (VALUES …)` joined on a primary key
+/// hashed the VALUES and read the whole table (GPU slots: 3 ms a statement instead of
+/// 0.3) (ADR 031). 1.1 is the usual setting for SSDs and cached data.
+pub const POSTGRES_RANDOM_PAGE_COST: &str = "1.1";
+
+/// `url` with the PostgreSQL defaults the URL leaves unset: [`POSTGRES_STATEMENT_CACHE`],
+/// [`POSTGRES_PLAN_CACHE_MODE`] and [`POSTGRES_RANDOM_PAGE_COST`] (the last two are
+/// startup options, so they cost no round trip).
 fn with_postgres_defaults(url: &str, dialect: Dialect) -> String {
     if dialect != Dialect::Postgres {
         return url.to_owned();
@@ -299,8 +308,12 @@ fn with_postgres_defaults(url: &str, dialect: Dialect) -> String {
     if !url.contains("statement-cache-capacity=") {
         missing.push(format!("statement-cache-capacity={POSTGRES_STATEMENT_CACHE}"));
     }
-    if !url.contains("plan_cache_mode") {
-        missing.push(format!("options[plan_cache_mode]={POSTGRES_PLAN_CACHE_MODE}"));
+    for (setting, value) in
+        [("plan_cache_mode", POSTGRES_PLAN_CACHE_MODE), ("random_page_cost", POSTGRES_RANDOM_PAGE_COST)]
+    {
+        if !url.contains(setting) {
+            missing.push(format!("options[{setting}]={value}"));
+        }
     }
     if missing.is_empty() {
         return url.to_owned();
@@ -448,8 +461,9 @@ mod tests {
     }
 
     #[test]
-    fn postgres_urls_get_a_statement_cache_and_generic_plans_unless_they_set_their_own() {
-        let defaults = "statement-cache-capacity=1024&options[plan_cache_mode]=force_generic_plan";
+    fn postgres_urls_get_a_statement_cache_and_planner_settings_unless_they_set_their_own() {
+        let settings = "options[plan_cache_mode]=force_generic_plan&options[random_page_cost]=1.1";
+        let defaults = format!("statement-cache-capacity=1024&{settings}");
         assert_eq!(
             with_postgres_defaults("postgres://u@h/db", Dialect::Postgres),
             format!("postgres://u@h/db?{defaults}")
@@ -460,10 +474,12 @@ mod tests {
         );
         assert_eq!(
             with_postgres_defaults("postgres://u@h/db?statement-cache-capacity=50", Dialect::Postgres),
-            "postgres://u@h/db?statement-cache-capacity=50&options[plan_cache_mode]=force_generic_plan"
+            format!("postgres://u@h/db?statement-cache-capacity=50&{settings}")
         );
         let own = "postgres://u@h/db?statement-cache-capacity=50&options[plan_cache_mode]=auto";
-        assert_eq!(with_postgres_defaults(own, Dialect::Postgres), own);
+        assert_eq!(with_postgres_defaults(own, Dialect::Postgres), format!("{own}&options[random_page_cost]=1.1"));
+        let all_own = format!("{own}&options[random_page_cost]=4");
+        assert_eq!(with_postgres_defaults(&all_own, Dialect::Postgres), all_own);
         assert_eq!(with_postgres_defaults("sqlite:/tmp/x.db", Dialect::Sqlite), "sqlite:/tmp/x.db");
     }
 }

@@ -1,10 +1,11 @@
 //! PostgreSQL connections plan the platform's prepared statements once (ADR 027): the
 //! setting travels in every pooled connection's startup packet, and a URL that names
 //! `plan_cache_mode` keeps its own; reads that need plans for their values get them in
-//! a transaction of their own.
+//! a transaction of their own. They also price a random page read as cached data
+//! (ADR 031), unless the URL names `random_page_cost`.
 
 use gpuaas_store::sqlx::{self, Row};
-use gpuaas_store::{POSTGRES_PLAN_CACHE_MODE, PoolSettings, Store};
+use gpuaas_store::{POSTGRES_PLAN_CACHE_MODE, POSTGRES_RANDOM_PAGE_COST, PoolSettings, Store};
 use gpuaas_testkit::{Backend, TestDatabase};
 
 /// `plan_cache_mode` as each of `connections` pooled connections, all held at once, sees it.
@@ -30,6 +31,22 @@ async fn postgres_connections_use_generic_plans_unless_the_url_says_otherwise() 
     let separator = if database.url.contains('?') { '&' } else { '?' };
     let own = format!("{}{separator}options[plan_cache_mode]=auto", database.url);
     assert_eq!(modes(&own, 2).await, ["auto", "auto"]);
+}
+
+#[tokio::test]
+async fn postgres_connections_price_random_reads_as_cached_unless_the_url_says_otherwise() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let cost = |url: String| async move {
+        let store = Store::connect(&url, &PoolSettings::default()).await.unwrap_or_else(|e| panic!("{e}"));
+        let cost: String = sqlx::query_scalar("SELECT current_setting('random_page_cost')")
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        cost
+    };
+    assert_eq!(cost(database.url.clone()).await, POSTGRES_RANDOM_PAGE_COST);
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    assert_eq!(cost(format!("{}{separator}options[random_page_cost]=4", database.url)).await, "4");
 }
 
 /// `plan_cache_mode` as `connection` sees it.
