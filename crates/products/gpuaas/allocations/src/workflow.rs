@@ -99,6 +99,11 @@ pub(crate) struct DueWindow {
     until: i64,
 }
 
+impl DueWindow {
+    /// No due time at all: for a pass whose told rows fill its group.
+    const NONE: Self = Self { after: i64::MAX, until: i64::MIN };
+}
+
 /// How `step_together` takes its rows: up to `due` of those in
 /// `window` beside the told ones, and with a batched journal or writing as it goes.
 #[derive(Debug, Clone, Copy)]
@@ -162,14 +167,16 @@ impl Allocations {
         // runner looks with one read and opens no transaction (on SQLite, takes no
         // writer's turn).
         let room = (per_group * parallel).saturating_sub(told.len());
-        let window = self.due_scan().window(Timestamp::now().as_micros());
-        let mut due = if room > 0 {
+        // A pass with no room looks at no due times, so it never takes the second's
+        // full look from one that would use it.
+        let (window, mut due) = if room > 0 {
+            let window = self.due_scan().window(Timestamp::now().as_micros());
             let most = per_group * parallel;
             let found = self.due_count(window, most).await?;
             self.due_scan().looked(window, found, most);
-            found.min(room)
+            (window, found.min(room))
         } else {
-            0
+            (DueWindow::NONE, 0)
         };
         let groups = (told.len() + due).div_ceil(per_group).min(parallel);
         if groups == 0 {
