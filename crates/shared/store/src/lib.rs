@@ -202,13 +202,39 @@ static INSTALL_DRIVERS: Once = Once::new();
 /// `count` numbered placeholders from `$first` on, comma-separated (`$3, $4, $5`), for
 /// `IN (…)` lists and multi-row `VALUES`; both engines number them the same way.
 pub fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
+    let mut text = String::with_capacity(count * 6);
+    push_placeholders(&mut text, first, count);
+    text
 }
 
 /// `rows` groups of `columns` numbered placeholders from `$first` on, for a multi-row
 /// `VALUES` list: `value_rows(1, 2, 2)` is `($1, $2), ($3, $4)`.
+///
+/// Written into one buffer: batched statements are written afresh for every call, and
+/// a text of a few hundred rows built from a string per placeholder was a few thousand
+/// allocations (about 6 % of the service's CPU in the allocation benchmark).
 pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
-    (0..rows).map(|row| format!("({})", placeholders(first + row * columns, columns))).collect::<Vec<_>>().join(", ")
+    let mut text = String::with_capacity(rows * (columns * 6 + 4));
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        push_placeholders(&mut text, first + row * columns, columns);
+        text.push(')');
+    }
+    text
+}
+
+fn push_placeholders(text: &mut String, first: usize, count: usize) {
+    use std::fmt::Write as _;
+    for index in first..first + count {
+        if index > first {
+            text.push_str(", ");
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(text, "${index}");
+    }
 }
 
 /// The rows a batched statement of `rows` rows is written for: the next power of two,
