@@ -438,10 +438,11 @@ async fn run_client(
 /// per delivery, as for a real agent) and answered successfully.
 async fn answer_tasks(store: Store, nodes: NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
     while !stop.is_cancelled() {
-        let waiting: Vec<String> =
-            gpuaas_store::sqlx::query_scalar("SELECT DISTINCT node_id FROM node_tasks WHERE status = 'queued'")
-                .fetch_all(store.pool())
-                .await?;
+        let waiting: Vec<String> = gpuaas_store::sqlx::query_scalar(
+            "SELECT DISTINCT node_id FROM node_tasks WHERE completed_at IS NULL AND status = 'queued'",
+        )
+        .fetch_all(store.pool())
+        .await?;
         let mut answers = tokio::task::JoinSet::new();
         for node in waiting {
             let nodes = nodes.clone();

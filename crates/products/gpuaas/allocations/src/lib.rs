@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120260_live_allocation_counts.sql"),
         postgres: include_str!("../migrations/2026120260_live_allocation_counts.sql"),
     },
+    Migration {
+        version: 2026120320,
+        name: "drop_live_allocations_index",
+        sqlite: include_str!("../migrations/2026120320_drop_live_allocations_index.sql"),
+        postgres: include_str!("../migrations/2026120320_drop_live_allocations_index.sql"),
+    },
 ];
 
 /// What wakes this process's workflow runner, shared with the node plane's listener.

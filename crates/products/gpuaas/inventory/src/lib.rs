@@ -73,6 +73,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120310_slots_without_allocation_index.sqlite.sql"),
         postgres: include_str!("../migrations/2026120310_slots_without_allocation_index.postgres.sql"),
     },
+    Migration {
+        version: 2026120330,
+        name: "open_task_index",
+        sqlite: include_str!("../migrations/2026120330_open_task_index.sqlite.sql"),
+        postgres: include_str!("../migrations/2026120330_open_task_index.postgres.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.

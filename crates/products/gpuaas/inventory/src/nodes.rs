@@ -591,7 +591,7 @@ impl NodePlane {
         crate::enrollment::revoke_all(&mut tx, node_id, "node retired", now).await?;
         sqlx::query(
             "UPDATE node_tasks SET status = 'expired', completed_at = $2, error = 'node retired' \
-             WHERE node_id = $1 AND status IN ('queued', 'leased')",
+             WHERE node_id = $1 AND completed_at IS NULL AND status IN ('queued', 'leased')",
         )
         .bind(node_id)
         .bind(now)

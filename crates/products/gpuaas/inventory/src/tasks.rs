@@ -663,8 +663,8 @@ impl NodePlane {
         // another pull holds).
         let pick = |node: &str| {
             format!(
-                "SELECT id FROM node_tasks WHERE node_id = {node} AND status = 'queued' AND expires_at > $1 \
-                 ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}"
+                "SELECT id FROM node_tasks WHERE node_id = {node} AND completed_at IS NULL AND status = 'queued' \
+                 AND expires_at > $1 ORDER BY created_at, id LIMIT {MAX_TASKS_PER_PULL}"
             )
         };
         let (sql, nodes_bound): (String, Vec<String>) = match self.store().dialect() {
@@ -863,7 +863,7 @@ impl NodePlane {
         let failed = sqlx::query(
             "UPDATE node_tasks SET status = 'failed', completed_at = $1, \
              error = 'the node did not report a result before its last lease ended' \
-             WHERE status = 'leased' AND lease_expires_at < $1 AND attempts >= max_attempts",
+             WHERE completed_at IS NULL AND status = 'leased' AND lease_expires_at < $1 AND attempts >= max_attempts",
         )
         .bind(now)
         .execute(&mut *tx)
@@ -871,15 +871,16 @@ impl NodePlane {
         .rows_affected();
         let requeued: Vec<String> = sqlx::query_scalar(
             "UPDATE node_tasks SET status = 'queued', lease_expires_at = NULL \
-             WHERE status = 'leased' AND lease_expires_at < $1 AND attempts < max_attempts AND expires_at > $1 \
-             RETURNING node_id",
+             WHERE completed_at IS NULL AND status = 'leased' AND lease_expires_at < $1 AND attempts < max_attempts \
+             AND expires_at > $1 RETURNING node_id",
         )
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let expired = sqlx::query(
             "UPDATE node_tasks SET status = 'expired', completed_at = $1, error = 'not delivered before it expired' \
-             WHERE (status = 'queued' AND expires_at <= $1) OR (status = 'leased' AND lease_expires_at < $1)",
+             WHERE completed_at IS NULL \
+             AND ((status = 'queued' AND expires_at <= $1) OR (status = 'leased' AND lease_expires_at < $1))",
         )
         .bind(now)
         .execute(&mut *tx)
@@ -899,9 +900,11 @@ impl NodePlane {
         if waiting.is_empty() {
             return Ok(0);
         }
-        let nodes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT node_id FROM node_tasks WHERE status = 'queued'")
-            .fetch_all(self.store().pool())
-            .await?;
+        let nodes: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT node_id FROM node_tasks WHERE completed_at IS NULL AND status = 'queued'",
+        )
+        .fetch_all(self.store().pool())
+        .await?;
         let waiting: std::collections::HashSet<String> = waiting.into_iter().collect();
         let mut woken = 0;
         for node in nodes.iter().filter(|node| waiting.contains(*node)) {

@@ -38,6 +38,19 @@ async fn queued_count(env: &support::Env, node_id: &str) -> usize {
     tasks::list_for_node(&env.store, node_id, None, 100).await.unwrap().items.len()
 }
 
+/// A task is open (no `completed_at`) exactly while it is queued or leased: pulls and
+/// the sweep find tasks through the index of open tasks alone (ADR 032), so a finished
+/// task left open would be looked at forever, and an unfinished one closed never again.
+async fn assert_open_means_unfinished(env: &support::Env) {
+    let wrong: Vec<(String, String)> = gpuaas_store::sqlx::query_as(
+        "SELECT id, status FROM node_tasks WHERE (completed_at IS NULL) <> (status IN ('queued', 'leased'))",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(wrong.is_empty(), "open and finished disagree: {wrong:?}");
+}
+
 async fn only_valid_tasks_for_enrolled_nodes_are_queued(backend: Backend) {
     let env = env(backend).await;
     sku(&env, "h100-x8", 8).await;
@@ -89,6 +102,7 @@ async fn only_valid_tasks_for_enrolled_nodes_are_queued(backend: Backend) {
     assert_eq!(page.items.len(), 2);
     assert!(page.items.iter().all(|task| task.status == TaskStatus::Expired), "{:?}", page.items);
     assert_err!(env.plane.enqueue_task(&admin, &node.id, &Task::NodeHealth).await, InventoryError::NodeRetired);
+    assert_open_means_unfinished(&env).await;
 }
 
 async fn deliveries_are_signed_for_their_node_alone(backend: Backend) {
@@ -206,6 +220,7 @@ async fn refusals_and_failures_are_recorded(backend: Backend) {
     assert_eq!(failed.error.as_deref(), Some("nvidia-smi: [31mcommand not found"), "control characters dropped");
     assert!(nodes::get(&env.store, &node.id).await.unwrap().gpus.is_empty(), "a failed probe stores nothing");
     assert_eq!(support::audit_rows(&env.store, "node.task.refused").await.len(), 1, "a failure is no refusal");
+    assert_open_means_unfinished(&env).await;
 }
 
 async fn a_waiting_pull_gets_a_new_task_at_once(backend: Backend) {
@@ -322,6 +337,7 @@ async fn expired_leases_redeliver_until_attempts_run_out(backend: Backend) {
     assert!(failed.error.unwrap().contains("lease"));
     assert!(env.plane.pull_tasks(&node.id, Duration::ZERO).await.unwrap().is_empty());
     assert_eq!(env.plane.sweep_tasks().await.unwrap(), tasks::SweepReport::default());
+    assert_open_means_unfinished(&env).await;
 }
 
 /// Sleeps until the clock is past `instant`, a lease end that must be at most a few
@@ -351,6 +367,7 @@ async fn unpulled_tasks_expire(backend: Backend) {
     assert_eq!(expired.status, TaskStatus::Expired);
     assert!(expired.completed_at.is_some());
     assert_eq!(tasks::get(&env.store, &fresh.id).await.unwrap().status, TaskStatus::Leased);
+    assert_open_means_unfinished(&env).await;
 }
 
 async fn probe_waits_for_the_agent(backend: Backend) {
@@ -485,6 +502,7 @@ async fn reports_arriving_together_are_each_answered_as_alone(backend: Backend) 
         assert_eq!(stored.status, expected, "task {index}");
         assert!(stored.completed_at.is_some());
     }
+    assert_open_means_unfinished(&env).await;
 }
 
 /// Pulls that look at once share one lease statement: each still gets only its own
@@ -544,7 +562,28 @@ async fn pulls_leasing_together_each_get_their_own_node_s_tasks(backend: Backend
     }
 }
 
+/// A lease changes a task's status and lease columns only: no index may hold them, or
+/// name them in its condition, so PostgreSQL can write the leased row in place (a HOT
+/// update) instead of adding an entry to every index (ADR 032).
+async fn no_task_index_holds_what_a_lease_changes(backend: Backend) {
+    let env = env(backend).await;
+    let sql = match backend {
+        Backend::Postgres => "SELECT indexdef FROM pg_indexes WHERE tablename = 'node_tasks'",
+        Backend::Sqlite => {
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'node_tasks' AND sql IS NOT NULL"
+        }
+    };
+    let indexes: Vec<String> = gpuaas_store::sqlx::query_scalar(sql).fetch_all(env.store.pool()).await.unwrap();
+    assert!(indexes.iter().any(|index| index.contains("node_tasks_open")), "{indexes:?}");
+    for index in &indexes {
+        for changed in ["status", "attempts", "leased_at", "lease_expires_at", "first_leased_at"] {
+            assert!(!index.contains(changed), "{index} holds {changed}, which a lease changes");
+        }
+    }
+}
+
 both_backends!(
+    no_task_index_holds_what_a_lease_changes,
     only_valid_tasks_for_enrolled_nodes_are_queued,
     deliveries_are_signed_for_their_node_alone,
     inventory_results_update_the_node,
