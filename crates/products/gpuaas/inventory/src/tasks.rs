@@ -660,7 +660,9 @@ impl NodePlane {
         const RETURNING: &str = "RETURNING node_tasks.node_id, node_tasks.id, node_tasks.task_type, \
              node_tasks.params, node_tasks.expires_at, node_tasks.created_at";
         // Each node's own oldest tasks, with its own limit (on PostgreSQL skipping rows
-        // another pull holds).
+        // another pull holds). `completed_at IS NULL` names the index of open tasks,
+        // the only one that finds them (ADR 032): both engines take a partial index
+        // only for a query that states its condition.
         let pick = |node: &str| {
             format!(
                 "SELECT id FROM node_tasks WHERE node_id = {node} AND completed_at IS NULL AND status = 'queued' \
