@@ -84,7 +84,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
 
     let stop = CancellationToken::new();
     let runner = tokio::spawn(crate::runtime::workflow_loop(allocations.clone(), stop.clone()));
-    let answering = tokio::spawn(answer_tasks(store.clone(), nodes.clone(), stop.clone()));
+    let answering = tokio::spawn(answer_tasks(nodes.clone(), stop.clone()));
     let latencies = Arc::new(Latencies::default());
     let refused = Arc::new(AtomicU64::new(0));
     let released = Arc::new(AtomicU64::new(0));
@@ -436,13 +436,9 @@ async fn run_client(
 
 /// The fleet's side, in process: every node with queued tasks has them pulled (signed
 /// per delivery, as for a real agent) and answered successfully.
-async fn answer_tasks(store: Store, nodes: NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
+async fn answer_tasks(nodes: NodePlane, stop: CancellationToken) -> anyhow::Result<()> {
     while !stop.is_cancelled() {
-        let waiting: Vec<String> = gpuaas_store::sqlx::query_scalar(
-            "SELECT DISTINCT node_id FROM node_tasks WHERE completed_at IS NULL AND status = 'queued'",
-        )
-        .fetch_all(store.pool())
-        .await?;
+        let waiting = nodes.nodes_with_queued_tasks().await?;
         let mut answers = tokio::task::JoinSet::new();
         for node in waiting {
             let nodes = nodes.clone();

@@ -902,11 +902,7 @@ impl NodePlane {
         if waiting.is_empty() {
             return Ok(0);
         }
-        let nodes: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT node_id FROM node_tasks WHERE completed_at IS NULL AND status = 'queued'",
-        )
-        .fetch_all(self.store().pool())
-        .await?;
+        let nodes = self.nodes_with_queued_tasks().await?;
         let waiting: std::collections::HashSet<String> = waiting.into_iter().collect();
         let mut woken = 0;
         for node in nodes.iter().filter(|node| waiting.contains(*node)) {
@@ -914,6 +910,16 @@ impl NodePlane {
             woken += 1;
         }
         Ok(woken)
+    }
+
+    /// The nodes that have tasks waiting to be pulled, read through the index of open
+    /// tasks (ADR 032).
+    pub async fn nodes_with_queued_tasks(&self) -> Result<Vec<String>, InventoryError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT node_id FROM node_tasks WHERE completed_at IS NULL AND status = 'queued'",
+        )
+        .fetch_all(self.store().pool())
+        .await?)
     }
 
     /// Queues a `node.inventory` task and waits up to the policy's probe time for the
