@@ -79,6 +79,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026120330_open_task_index.sqlite.sql"),
         postgres: include_str!("../migrations/2026120330_open_task_index.postgres.sql"),
     },
+    Migration {
+        version: 2026120400,
+        name: "heartbeats_in_place",
+        sqlite: include_str!("../migrations/2026120400_heartbeats_in_place.sqlite.sql"),
+        postgres: include_str!("../migrations/2026120400_heartbeats_in_place.postgres.sql"),
+    },
 ];
 
 /// How the node plane is reached and named.

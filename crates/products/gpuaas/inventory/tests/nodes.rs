@@ -287,6 +287,21 @@ async fn missed_heartbeats_mark_nodes_offline_until_they_return(backend: Backend
     assert_eq!(marked, vec![second.id.clone()], "a retired node is never marked offline");
 }
 
+/// A heartbeat that keeps the node's status changes its time, the agent's versions and
+/// `updated_at`: no index may hold them, so PostgreSQL writes the row in place (a HOT
+/// update) instead of an entry in every index, and the offline sweep still finds the
+/// silent nodes without one (ADR 033).
+async fn no_node_index_holds_what_a_heartbeat_changes(backend: Backend) {
+    let env = env(backend).await;
+    let indexes = support::index_definitions(&env.store, "nodes").await;
+    assert!(indexes.iter().any(|index| index.contains("ix_nodes_placement_order")), "{indexes:?}");
+    for index in &indexes {
+        for changed in ["last_heartbeat_at", "agent_version", "protocol_version", "updated_at"] {
+            assert!(!index.contains(changed), "{index} holds {changed}, which a heartbeat changes");
+        }
+    }
+}
+
 /// Holds the node's row (PostgreSQL) or the write lock (SQLite) until the returned
 /// transaction ends, so the test can line up calls behind it.
 async fn hold_node(env: &Env, node_id: &str) -> gpuaas_store::Tx {
@@ -592,6 +607,7 @@ async fn placement_strategies_pick_by_free_gpus(backend: Backend) {
 }
 
 both_backends!(
+    no_node_index_holds_what_a_heartbeat_changes,
     sku_catalog_validates_and_audits,
     registration_returns_a_one_time_token_stored_hashed,
     heartbeat_stores_inventory_and_asks_for_it_once,

@@ -567,13 +567,7 @@ async fn pulls_leasing_together_each_get_their_own_node_s_tasks(backend: Backend
 /// update) instead of adding an entry to every index (ADR 032).
 async fn no_task_index_holds_what_a_lease_changes(backend: Backend) {
     let env = env(backend).await;
-    let sql = match backend {
-        Backend::Postgres => "SELECT indexdef FROM pg_indexes WHERE tablename = 'node_tasks'",
-        Backend::Sqlite => {
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'node_tasks' AND sql IS NOT NULL"
-        }
-    };
-    let indexes: Vec<String> = gpuaas_store::sqlx::query_scalar(sql).fetch_all(env.store.pool()).await.unwrap();
+    let indexes = support::index_definitions(&env.store, "node_tasks").await;
     assert!(indexes.iter().any(|index| index.contains("node_tasks_open")), "{indexes:?}");
     for index in &indexes {
         for changed in ["status", "attempts", "leased_at", "lease_expires_at", "first_leased_at"] {

@@ -202,6 +202,18 @@ pub fn verifier(env: &Env, node_id: &str) -> TaskVerifier {
     TaskVerifier::new(key, node_id, NonceCache::default())
 }
 
+/// The definitions (`CREATE INDEX ...`) of `table`'s indexes, both engines: what a
+/// test of which columns an update may change in place reads.
+pub async fn index_definitions(store: &Store, table: &str) -> Vec<String> {
+    let sql = match store.dialect() {
+        gpuaas_store::Dialect::Postgres => "SELECT indexdef FROM pg_indexes WHERE tablename = $1",
+        gpuaas_store::Dialect::Sqlite => {
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL"
+        }
+    };
+    sqlx::query_scalar(sql).bind(table).fetch_all(store.pool()).await.expect("index definitions")
+}
+
 /// Payloads of the outbox events with `subject`, oldest first.
 pub async fn outbox_payloads(store: &Store, subject: &str) -> Vec<serde_json::Value> {
     let rows = sqlx::query("SELECT envelope FROM outbox_events WHERE subject = $1 ORDER BY seq")
