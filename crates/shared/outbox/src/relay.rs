@@ -56,12 +56,18 @@ impl Relay {
         Self { store, bus, owner: new_id().to_string() }
     }
 
-    /// One pass: claim a batch, publish it in order, record each outcome, then forward
-    /// any dead letters not yet on the bus. Tests call this instead of sleeping.
+    /// One pass: claim a batch, publish it in order, record the outcomes, then forward
+    /// any dead letters not yet on the bus. Tests call this instead of sleeping. The
+    /// rows published are marked with one statement per pass (and before a failure is
+    /// recorded), not one each: a relay keeping up with 1,000 allocations a second
+    /// would otherwise spend some 4,000 round trips a second on its marks. Delivery is
+    /// at least once either way: a relay that stops between publishing and marking
+    /// leaves the rows to be published again once their lease runs out.
     pub async fn run_once(&self, settings: &RelaySettings) -> Result<RelayReport, OutboxError> {
         let mut report = RelayReport::default();
         let claimed = self.claim(settings).await?;
         report.claimed = claimed.len();
+        let mut published: Vec<i64> = Vec::with_capacity(claimed.len());
         let mut rows = claimed.into_iter();
         while let Some(row) = rows.next() {
             let publish = match EventEnvelope::from_json(row.envelope.as_bytes()) {
@@ -69,12 +75,9 @@ impl Relay {
                 Err(error) => Err(format!("stored envelope does not decode: {error}")),
             };
             match publish {
-                Ok(()) => {
-                    self.mark_published(&row).await?;
-                    metrics::counter!("outbox_published_total", "bus" => self.bus.name()).increment(1);
-                    report.published += 1;
-                }
+                Ok(()) => published.push(row.seq),
                 Err(error) => {
+                    report.published += self.mark_published(&std::mem::take(&mut published)).await?;
                     metrics::counter!("outbox_publish_failures_total", "bus" => self.bus.name()).increment(1);
                     report.failed_attempts += 1;
                     if self.record_failure(&row, &error, settings).await? {
@@ -83,12 +86,13 @@ impl Relay {
                     }
                     // The bus is most likely down: hand the rest of the batch back
                     // untouched instead of spending an attempt on each of them.
-                    let rest: Vec<Claimed> = rows.by_ref().collect();
+                    let rest: Vec<i64> = rows.by_ref().map(|row| row.seq).collect();
                     self.release(&rest).await?;
                     break;
                 }
             }
         }
+        report.published += self.mark_published(&published).await?;
         report.dead_letters_forwarded = self.forward_dead_letters(settings).await?;
         Ok(report)
     }
@@ -142,31 +146,45 @@ impl Relay {
         Ok(claimed)
     }
 
-    async fn release(&self, rows: &[Claimed]) -> Result<(), OutboxError> {
-        for row in rows {
-            sqlx::query(
-                "UPDATE outbox_events SET lease_owner = NULL, lease_until = NULL \
-                 WHERE seq = $1 AND lease_owner = $2",
-            )
-            .bind(row.seq)
-            .bind(&self.owner)
-            .execute(self.store.pool())
-            .await?;
-        }
+    /// Hands claimed rows back without spending an attempt.
+    async fn release(&self, seqs: &[i64]) -> Result<(), OutboxError> {
+        self.update_claimed(seqs, "lease_owner = NULL, lease_until = NULL", None).await?;
         Ok(())
     }
 
-    async fn mark_published(&self, row: &Claimed) -> Result<(), OutboxError> {
-        sqlx::query(
-            "UPDATE outbox_events SET status = 'published', published_at = $1, lease_owner = NULL, \
-             lease_until = NULL, attempts = attempts + 1, last_error = NULL \
-             WHERE seq = $2 AND lease_owner = $3",
+    /// Marks claimed rows published; returns how many were published.
+    async fn mark_published(&self, seqs: &[i64]) -> Result<usize, OutboxError> {
+        self.update_claimed(
+            seqs,
+            "status = 'published', published_at = $2, lease_owner = NULL, lease_until = NULL, \
+             attempts = attempts + 1, last_error = NULL",
+            Some(Timestamp::now()),
         )
-        .bind(Timestamp::now().as_micros())
-        .bind(row.seq)
-        .bind(&self.owner)
-        .execute(self.store.pool())
         .await?;
+        metrics::counter!("outbox_published_total", "bus" => self.bus.name()).increment(seqs.len() as u64);
+        Ok(seqs.len())
+    }
+
+    /// Applies `assignments` to the rows of `seqs` this relay still holds (`$1` is the
+    /// owner, `$2` the time when given), a statement per list of up to
+    /// [`gpuaas_store::LIST_PADDING_MOST`] rows.
+    async fn update_claimed(&self, seqs: &[i64], assignments: &str, now: Option<Timestamp>) -> Result<(), OutboxError> {
+        let first = if now.is_some() { 3 } else { 2 };
+        for chunk in seqs.chunks(gpuaas_store::LIST_PADDING_MOST) {
+            let batch = gpuaas_store::Padded::new(chunk, gpuaas_store::LIST_PADDING_MOST);
+            let sql = format!(
+                "UPDATE outbox_events SET {assignments} WHERE lease_owner = $1 AND seq IN ({})",
+                batch.placeholders(first)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&self.owner);
+            if let Some(now) = now {
+                query = query.bind(now.as_micros());
+            }
+            for (seq, _) in batch.rows() {
+                query = query.bind(*seq);
+            }
+            query.execute(self.store.pool()).await?;
+        }
         Ok(())
     }
 

@@ -95,15 +95,32 @@ async fn relay_publishes_exactly_the_committed_events(backend: Backend) {
     assert_eq!(relay.counts().await.unwrap_or_else(|e| panic!("{e}")).pending, 0);
 }
 
-/// Delegates to the real embedded bus and records how often each event id was published.
+/// Delegates to the real embedded bus and records how often each event id was published;
+/// refuses the publish numbered `fail_at` (from 0), when set, once.
 struct RecordingBus {
     inner: EmbeddedBus,
     published: Mutex<HashMap<uuid::Uuid, usize>>,
+    fail_at: Option<usize>,
+    calls: Mutex<usize>,
+}
+
+impl RecordingBus {
+    fn new(store: &Store, fail_at: Option<usize>) -> Self {
+        Self { inner: EmbeddedBus::new(store.clone()), published: Mutex::default(), fail_at, calls: Mutex::default() }
+    }
 }
 
 #[async_trait]
 impl EventBus for RecordingBus {
     async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            *calls += 1;
+            *calls - 1
+        };
+        if Some(call) == self.fail_at {
+            return Err(BusError::Unavailable("connection reset".into()));
+        }
         self.inner.publish(event).await?;
         *self.published.lock().unwrap_or_else(|e| e.into_inner()).entry(event.id).or_default() += 1;
         Ok(())
@@ -122,7 +139,7 @@ impl EventBus for RecordingBus {
 async fn concurrent_relays_never_publish_a_row_twice(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let events = write_events(&store, 300, true).await;
-    let bus = Arc::new(RecordingBus { inner: EmbeddedBus::new(store.clone()), published: Mutex::default() });
+    let bus = Arc::new(RecordingBus::new(&store, None));
     let small_batches = RelaySettings { batch_size: 7, ..settings() };
     let mut relays = Vec::new();
     for _ in 0..4 {
@@ -197,6 +214,58 @@ async fn exhausted_retries_mark_failed_and_dead_letter(backend: Backend) {
     assert_eq!(dlq[0].payload["attempts"], 3);
     // Failed rows are never picked up again.
     assert_eq!(relay.run_once(&settings()).await.unwrap_or_else(|e| panic!("{e}")).claimed, 0);
+}
+
+/// A pass marks the rows it published together: a failure part way marks those
+/// before it, records the attempt on the failed row and hands the rest back untouched;
+/// the next pass publishes the rest, each event once and in order.
+async fn a_failure_part_way_keeps_what_was_published(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let events = write_events(&store, 6, true).await;
+    let bus = Arc::new(RecordingBus::new(&store, Some(3)));
+    let relay = Relay::new(store.clone(), bus.clone());
+
+    let report = relay.run_once(&settings()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.published, report.failed_attempts), (6, 3, 1));
+    let rows = sqlx::query("SELECT status, attempts, lease_owner FROM outbox_events ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<(String, i64, Option<String>)> =
+        rows.iter().map(|row| (row.get("status"), row.get("attempts"), row.get("lease_owner"))).collect();
+    let published = ("published".to_owned(), 1, None);
+    let handed_back = ("pending".to_owned(), 0, None);
+    assert_eq!(
+        rows,
+        vec![
+            published.clone(),
+            published.clone(),
+            published,
+            ("pending".to_owned(), 1, None),
+            handed_back.clone(),
+            handed_back
+        ]
+    );
+
+    let report = relay.run_once(&settings()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.published, report.failed_attempts), (3, 3, 0));
+    assert_eq!(status_counts(&store).await.get("published"), Some(&6));
+    let delivered = drain(bus.as_ref(), &ConsumerSpec::new("test", "gpuaas.provisioning.>"), Duration::ZERO).await;
+    let ids: Vec<_> = delivered.iter().map(|e| e.id).collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+}
+
+/// A pass larger than one statement's list of rows marks every row it published.
+async fn a_large_pass_marks_every_row(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let count = gpuaas_store::LIST_PADDING_MOST + 100;
+    write_events(&store, count, true).await;
+    let relay = Relay::new(store.clone(), Arc::new(EmbeddedBus::new(store.clone())));
+    let settings = RelaySettings { batch_size: 2 * count as i64, ..settings() };
+    let report = relay.run_once(&settings).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.published), (count, count));
+    assert_eq!(status_counts(&store).await.get("published"), Some(&(count as i64)));
+    assert_eq!(relay.run_once(&settings).await.unwrap_or_else(|e| panic!("{e}")).claimed, 0);
 }
 
 async fn embedded_consumer_position_survives_restart(backend: Backend) {
@@ -281,6 +350,8 @@ gpuaas_testkit::both_backends!(
     relay_publishes_exactly_the_committed_events,
     concurrent_relays_never_publish_a_row_twice,
     exhausted_retries_mark_failed_and_dead_letter,
+    a_failure_part_way_keeps_what_was_published,
+    a_large_pass_marks_every_row,
     embedded_consumer_position_survives_restart,
 );
 
