@@ -204,7 +204,7 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         tasks.spawn(relay_loop(relay, policy.clone(), stop.clone()));
     }
     if config.runs(Role::Workers) {
-        tasks.spawn(housekeeping_loop(store.clone(), stop.clone()));
+        tasks.spawn(housekeeping_loop(store.clone(), policy.clone(), stop.clone()));
         tasks.spawn(node_plane_loop(nodes.clone(), stop.clone()));
         tasks.spawn(workflow_loop(allocations.clone(), stop.clone()));
         tasks.spawn(reconcile_loop(allocations.clone(), stop.clone()));
@@ -378,18 +378,37 @@ async fn idle_pause(policy: &PolicyClient) -> Duration {
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Periodic clean-up owned by the workers role.
-async fn housekeeping_loop(store: Store, stop: CancellationToken) -> anyhow::Result<()> {
+async fn housekeeping_loop(store: Store, policy: PolicyClient, stop: CancellationToken) -> anyhow::Result<()> {
     loop {
         match gpuaas_http::idempotency::purge_expired(&store).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
             Err(error) => tracing::error!(%error, "idempotency purge failed"),
         }
+        if let Err(error) = purge_old_events(&store, &policy).await {
+            tracing::error!(%error, "event retention purge failed");
+        }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
         }
     }
+}
+
+/// Deletes what the events retention policy (`events.retention_hours`, at least one
+/// hour) lets go: published outbox rows, the embedded bus's log entries every consumer
+/// has read, and consumers' processed-event records. Without it every allocation's
+/// life would leave about a dozen rows behind for good.
+async fn purge_old_events(store: &Store, policy: &PolicyClient) -> anyhow::Result<()> {
+    let hours = policy.get(keys::EVENTS_RETENTION_HOURS).await?.max(1);
+    let retention = Duration::from_secs(u64::try_from(hours).unwrap_or(1).saturating_mul(3600));
+    let cutoff = gpuaas_kernel::Timestamp::now().saturating_sub(retention);
+    let outbox = gpuaas_outbox::purge_published(store, cutoff).await?;
+    let (log, processed) = gpuaas_events::purge_before(store, cutoff).await?;
+    if outbox + log + processed > 0 {
+        tracing::info!(outbox, log, processed, hours, "events past retention purged");
+    }
+    Ok(())
 }
 
 const NODE_PLANE_INTERVAL: Duration = Duration::from_secs(5);

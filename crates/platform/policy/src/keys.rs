@@ -9,6 +9,7 @@ pub const OUTBOX_RELAY_LEASE_SECONDS: PolicyKey<i64> = PolicyKey::new("outbox.re
 pub const OUTBOX_MAX_ATTEMPTS: PolicyKey<i64> = PolicyKey::new("outbox.max_attempts");
 pub const OUTBOX_RETRY_BASE_MS: PolicyKey<i64> = PolicyKey::new("outbox.retry.base_ms");
 pub const OUTBOX_RETRY_MAX_MS: PolicyKey<i64> = PolicyKey::new("outbox.retry.max_ms");
+pub const EVENTS_RETENTION_HOURS: PolicyKey<i64> = PolicyKey::new("events.retention_hours");
 pub const IDEMPOTENCY_TTL_SECONDS: PolicyKey<i64> = PolicyKey::new("idempotency.ttl_seconds");
 pub const IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS: PolicyKey<i64> =
     PolicyKey::new("idempotency.in_flight_timeout_seconds");
@@ -69,6 +70,7 @@ pub const ALL_I64: &[PolicyKey<i64>] = &[
     OUTBOX_MAX_ATTEMPTS,
     OUTBOX_RETRY_BASE_MS,
     OUTBOX_RETRY_MAX_MS,
+    EVENTS_RETENTION_HOURS,
     IDEMPOTENCY_TTL_SECONDS,
     IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS,
     HTTP_MAX_BODY_BYTES,

@@ -55,6 +55,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/2026112358_allocation_policy.sql"),
         postgres: include_str!("../migrations/2026112358_allocation_policy.sql"),
     },
+    Migration {
+        version: 2026120410,
+        name: "event_retention_policy",
+        sqlite: include_str!("../migrations/2026120410_event_retention_policy.sql"),
+        postgres: include_str!("../migrations/2026120410_event_retention_policy.sql"),
+    },
 ];
 
 /// A named policy value of type `T` (stored as JSON text).

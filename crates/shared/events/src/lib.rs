@@ -20,6 +20,23 @@ pub use envelope::EventEnvelope;
 use gpuaas_store::Migration;
 pub use nats::NatsBus;
 
+/// Retention (run by the workers role): deletes the embedded bus's log entries
+/// appended before `older_than` that every consumer has read past, and the consumers'
+/// records of events processed before it: such an event can no longer be redelivered,
+/// from the log or from the outbox, whose published rows go at the same age. Returns
+/// how many log entries and records went.
+pub async fn purge_before(
+    store: &gpuaas_store::Store,
+    older_than: gpuaas_kernel::Timestamp,
+) -> Result<(u64, u64), gpuaas_store::StoreError> {
+    let log = "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE appended_at < $1 \
+               AND seq <= (SELECT COALESCE(MIN(last_seq), 0) FROM event_consumer_offsets) ORDER BY seq LIMIT $2)";
+    let processed = "DELETE FROM processed_events WHERE (consumer, event_id) IN (SELECT consumer, event_id \
+                     FROM processed_events WHERE processed_at < $1 LIMIT $2)";
+    let cutoff = older_than.as_micros();
+    Ok((store.purge_in_batches(log, cutoff).await?, store.purge_in_batches(processed, cutoff).await?))
+}
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 2026112302,
     name: "embedded_bus",

@@ -13,7 +13,8 @@ mod relay;
 
 use gpuaas_events::EventEnvelope;
 use gpuaas_events::catalog::validate_subject;
-use gpuaas_store::{Connection, Migration, StoreError};
+use gpuaas_kernel::Timestamp;
+use gpuaas_store::{Connection, Migration, Store, StoreError};
 pub use relay::{OutboxCounts, Relay, RelayReport, RelaySettings};
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -43,6 +44,15 @@ impl From<gpuaas_store::sqlx::Error> for OutboxError {
     fn from(error: gpuaas_store::sqlx::Error) -> Self {
         OutboxError::Store(StoreError::Database(error))
     }
+}
+
+/// Deletes the rows published before `older_than` (the retention policy's cutoff, run
+/// by the workers role); pending and failed rows stay whatever their age. Returns how
+/// many went.
+pub async fn purge_published(store: &Store, older_than: Timestamp) -> Result<u64, OutboxError> {
+    let delete = "DELETE FROM outbox_events WHERE seq IN (SELECT seq FROM outbox_events \
+                  WHERE status = 'published' AND published_at < $1 ORDER BY seq LIMIT $2)";
+    Ok(store.purge_in_batches(delete, older_than.as_micros()).await?)
 }
 
 /// Writes `event` to the outbox on `connection`, which must be the caller's domain

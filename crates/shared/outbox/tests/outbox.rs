@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gpuaas_events::consumer::{Outcome, process_once};
 use gpuaas_events::{BusError, ConsumerSpec, Delivery, EmbeddedBus, EventBus, EventEnvelope, NatsBus};
+use gpuaas_kernel::Timestamp;
 use gpuaas_outbox::{Relay, RelaySettings, enqueue};
 use gpuaas_store::sqlx::{self, Row};
 use gpuaas_store::{PoolSettings, Store, StoreError};
@@ -268,6 +269,95 @@ async fn a_large_pass_marks_every_row(backend: Backend) {
     assert_eq!(relay.run_once(&settings).await.unwrap_or_else(|e| panic!("{e}")).claimed, 0);
 }
 
+/// Retention deletes published rows older than the cutoff, however many, and keeps
+/// recent published rows and every pending or failed one, whatever its age.
+async fn published_rows_past_retention_are_purged(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let relay = Relay::new(store.clone(), Arc::new(EmbeddedBus::new(store.clone())));
+    let count = gpuaas_store::PURGE_BATCH as usize + 100;
+    write_events(&store, count, true).await;
+    let settings = RelaySettings { batch_size: count as i64, ..settings() };
+    assert_eq!(relay.run_once(&settings).await.unwrap_or_else(|e| panic!("{e}")).published, count);
+    let recent = write_events(&store, 2, true).await;
+    relay.run_once(&settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let pending = write_events(&store, 2, true).await;
+    let now = Timestamp::now();
+    let old = now.saturating_sub(Duration::from_secs(100 * 3600)).as_micros();
+    let cutoff = now.saturating_sub(Duration::from_secs(72 * 3600));
+    for statement in [
+        "UPDATE outbox_events SET published_at = $1 WHERE event_id NOT IN ($2, $3)",
+        "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1 WHERE event_id IN ($2, $3)",
+    ] {
+        let ids = if statement.contains("NOT IN") { &recent } else { &pending };
+        sqlx::query(statement)
+            .bind(old)
+            .bind(ids[0].id.to_string())
+            .bind(ids[1].id.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    sqlx::query("UPDATE outbox_events SET status = 'failed' WHERE event_id = $1")
+        .bind(pending[1].id.to_string())
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let purged = gpuaas_outbox::purge_published(&store, cutoff).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(purged, count as u64);
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM outbox_events ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kept: Vec<String> = recent.iter().chain(&pending).map(|event| event.id.to_string()).collect();
+    assert_eq!(left, kept);
+    assert_eq!(gpuaas_outbox::purge_published(&store, cutoff).await.unwrap_or_else(|e| panic!("{e}")), 0);
+}
+
+/// Retention of the embedded bus: log entries go only once every consumer has read
+/// past them, and processed-event records once they are older than the cutoff.
+async fn the_embedded_log_keeps_what_a_consumer_has_not_read(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let bus = EmbeddedBus::new(store.clone());
+    for n in 0..5 {
+        bus.publish(&event(n)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let ahead = ConsumerSpec::new("ahead", "gpuaas.provisioning.>");
+    assert_eq!(drain(&bus, &ahead, Duration::ZERO).await.len(), 5);
+    let behind = ConsumerSpec::new("behind", "gpuaas.provisioning.>");
+    for delivery in bus.fetch(&behind, 2, Duration::ZERO).await.unwrap_or_else(|e| panic!("{e}")) {
+        delivery.ack().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let now = Timestamp::now();
+    let old = now.saturating_sub(Duration::from_secs(100 * 3600)).as_micros();
+    let cutoff = now.saturating_sub(Duration::from_secs(72 * 3600));
+    sqlx::query("UPDATE event_log SET appended_at = $1")
+        .bind(old)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (consumer, id, at) in [("ahead", "e-1", old), ("ahead", "e-2", old), ("behind", "e-3", now.as_micros())] {
+        sqlx::query("INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)")
+            .bind(consumer)
+            .bind(id)
+            .bind(at)
+            .execute(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let purged = gpuaas_events::purge_before(&store, cutoff).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(purged, (2, 2), "the two entries both consumers read, and the two old records");
+    let rest = drain(&bus, &behind, Duration::ZERO).await;
+    assert_eq!(rest.iter().map(|e| e.payload["n"].clone()).collect::<Vec<_>>(), [2, 3, 4].map(serde_json::Value::from));
+    assert_eq!(gpuaas_events::purge_before(&store, cutoff).await.unwrap_or_else(|e| panic!("{e}")), (3, 0));
+    let processed: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events")
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(processed, ["e-3"]);
+}
+
 async fn embedded_consumer_position_survives_restart(backend: Backend) {
     let (db, store) = setup(backend).await;
     let events = write_events(&store, 3, true).await;
@@ -352,6 +442,8 @@ gpuaas_testkit::both_backends!(
     exhausted_retries_mark_failed_and_dead_letter,
     a_failure_part_way_keeps_what_was_published,
     a_large_pass_marks_every_row,
+    published_rows_past_retention_are_purged,
+    the_embedded_log_keeps_what_a_consumer_has_not_read,
     embedded_consumer_position_survives_restart,
 );
 

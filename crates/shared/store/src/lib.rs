@@ -299,6 +299,9 @@ impl<'a, T> Padded<'a, T> {
     }
 }
 
+/// Rows one statement of [`Store::purge_in_batches`] deletes at most.
+pub const PURGE_BATCH: i64 = 5_000;
+
 /// How long a pooled connection may sit idle before it is pinged on its next acquire.
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -447,6 +450,24 @@ impl Store {
                 Ok(rows)
             }
             Dialect::Sqlite => Ok(query.fetch_all(&self.pool).await?),
+        }
+    }
+
+    /// Runs `delete` (a `DELETE` whose rows a subquery picks with `LIMIT $2`, older
+    /// than `$1`) until it deletes less than a batch; returns how many rows went. Each
+    /// batch is its own statement, so a large purge never holds its locks, or a
+    /// SQLite write turn, for long.
+    pub async fn purge_in_batches(&self, delete: &'static str, older_than: i64) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let mut write = self.one_write().await?;
+            let deleted =
+                sqlx::query(delete).bind(older_than).bind(PURGE_BATCH).execute(&mut *write).await?.rows_affected();
+            write.finish().await?;
+            purged += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
         }
     }
 
