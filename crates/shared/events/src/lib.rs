@@ -29,17 +29,29 @@ pub async fn purge_before(
     store: &gpuaas_store::Store,
     older_than: gpuaas_kernel::Timestamp,
 ) -> Result<(u64, u64), gpuaas_store::StoreError> {
-    let log = "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE appended_at < $1 \
-               AND seq <= (SELECT COALESCE(MIN(last_seq), 0) FROM event_consumer_offsets) ORDER BY seq LIMIT $2)";
+    // The log is appended in time order, so its oldest entries are its first: a batch
+    // is the first entries every consumer has read, of which the old ones go. A batch
+    // that is not all old ends the purge, and a minute with nothing to purge reads one
+    // batch of the primary key, not the whole log.
+    let log = "DELETE FROM event_log WHERE appended_at < $1 AND seq IN (SELECT seq FROM event_log \
+               WHERE seq <= (SELECT COALESCE(MIN(last_seq), 0) FROM event_consumer_offsets) ORDER BY seq LIMIT $2)";
     let processed = "DELETE FROM processed_events WHERE (consumer, event_id) IN (SELECT consumer, event_id \
                      FROM processed_events WHERE processed_at < $1 LIMIT $2)";
     let cutoff = older_than.as_micros();
     Ok((store.purge_in_batches(log, cutoff).await?, store.purge_in_batches(processed, cutoff).await?))
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112302,
-    name: "embedded_bus",
-    sqlite: include_str!("../migrations/2026112302_embedded_bus.sqlite.sql"),
-    postgres: include_str!("../migrations/2026112302_embedded_bus.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112302,
+        name: "embedded_bus",
+        sqlite: include_str!("../migrations/2026112302_embedded_bus.sqlite.sql"),
+        postgres: include_str!("../migrations/2026112302_embedded_bus.postgres.sql"),
+    },
+    Migration {
+        version: 2026120420,
+        name: "processed_events_age",
+        sqlite: include_str!("../migrations/2026120420_processed_events_age.sql"),
+        postgres: include_str!("../migrations/2026120420_processed_events_age.sql"),
+    },
+];

@@ -285,7 +285,8 @@ async fn published_rows_past_retention_are_purged(backend: Backend) {
     let old = now.saturating_sub(Duration::from_secs(100 * 3600)).as_micros();
     let cutoff = now.saturating_sub(Duration::from_secs(72 * 3600));
     for statement in [
-        "UPDATE outbox_events SET published_at = $1 WHERE event_id NOT IN ($2, $3)",
+        "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1, published_at = $1 \
+         WHERE event_id NOT IN ($2, $3)",
         "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1 WHERE event_id IN ($2, $3)",
     ] {
         let ids = if statement.contains("NOT IN") { &recent } else { &pending };
