@@ -455,15 +455,23 @@ impl Store {
 
     /// Runs `delete` (a `DELETE` whose rows a subquery picks with `LIMIT $2`, older
     /// than `$1`) until it deletes less than a batch; returns how many rows went. Each
-    /// batch is its own statement, so a large purge never holds its locks, or a
-    /// SQLite write turn, for long.
+    /// batch is its own transaction, so a large purge never holds its locks, or a
+    /// SQLite write turn, for long. On PostgreSQL it is planned with its values (see
+    /// [`Store::fetch_all_with_values`]): whether an index range finds the old rows
+    /// depends on the cutoff.
     pub async fn purge_in_batches(&self, delete: &'static str, older_than: i64) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
-            let mut write = self.one_write().await?;
+            let mut tx = match self.dialect {
+                Dialect::Postgres => Tx {
+                    inner: self.pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await?,
+                    _turn: None,
+                },
+                Dialect::Sqlite => self.begin().await?,
+            };
             let deleted =
-                sqlx::query(delete).bind(older_than).bind(PURGE_BATCH).execute(&mut *write).await?.rows_affected();
-            write.finish().await?;
+                sqlx::query(delete).bind(older_than).bind(PURGE_BATCH).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
             purged += deleted;
             if deleted < PURGE_BATCH as u64 {
                 return Ok(purged);
