@@ -4,7 +4,8 @@
 //!
 //! Domain code never publishes here directly: it writes to the outbox in its own
 //! transaction and the relay publishes. Consumers are at-least-once and deduplicate by
-//! event id through [`consumer::process_once`]. This crate owns `event_log`,
+//! event id through [`consumer::process_once`]; [`purge_before`] keeps both the log and
+//! those records to the retention window. This crate owns `event_log`,
 //! `event_consumer_offsets` and `processed_events`; it holds no business rules.
 
 pub mod bus;

@@ -6,7 +6,8 @@
 //! Rows are claimed with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 //! relays never publish the same row at once. Failed publishes back off exponentially
 //! with jitter; after the policy's attempt limit the row is marked `failed` and a copy
-//! goes to the dead-letter queue. This crate owns `outbox_events` and
+//! goes to the dead-letter queue; published rows are deleted once past the retention
+//! window ([`purge_published`]). This crate owns `outbox_events` and
 //! `outbox_dead_letters`; it must never publish anything that was not committed.
 
 mod relay;

@@ -284,12 +284,16 @@ async fn published_rows_past_retention_are_purged(backend: Backend) {
     let now = Timestamp::now();
     let old = now.saturating_sub(Duration::from_secs(100 * 3600)).as_micros();
     let cutoff = now.saturating_sub(Duration::from_secs(72 * 3600));
-    for statement in [
-        "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1, published_at = $1 \
-         WHERE event_id NOT IN ($2, $3)",
-        "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1 WHERE event_id IN ($2, $3)",
+    // Everything but the two recent rows was published long ago; the two pending rows
+    // occurred long ago.
+    for (statement, ids) in [
+        (
+            "UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1, published_at = $1 \
+             WHERE event_id NOT IN ($2, $3)",
+            &recent,
+        ),
+        ("UPDATE outbox_events SET occurred_at = $1, next_attempt_at = $1 WHERE event_id IN ($2, $3)", &pending),
     ] {
-        let ids = if statement.contains("NOT IN") { &recent } else { &pending };
         sqlx::query(statement)
             .bind(old)
             .bind(ids[0].id.to_string())
