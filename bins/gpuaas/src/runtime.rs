@@ -400,15 +400,21 @@ async fn housekeeping_loop(store: Store, policy: PolicyClient, stop: Cancellatio
 /// has read, and consumers' processed-event records. Without it every allocation's
 /// life would leave about a dozen rows behind for good.
 async fn purge_old_events(store: &Store, policy: &PolicyClient) -> anyhow::Result<()> {
-    let hours = policy.get(keys::EVENTS_RETENTION_HOURS).await?.max(1);
-    let retention = Duration::from_secs(u64::try_from(hours).unwrap_or(1).saturating_mul(3600));
-    let cutoff = gpuaas_kernel::Timestamp::now().saturating_sub(retention);
+    let hours = policy.get(keys::EVENTS_RETENTION_HOURS).await?;
+    let cutoff = gpuaas_kernel::Timestamp::now().saturating_sub(event_retention(hours));
     let outbox = gpuaas_outbox::purge_published(store, cutoff).await?;
     let (log, processed) = gpuaas_events::purge_before(store, cutoff).await?;
     if outbox + log + processed > 0 {
         tracing::info!(outbox, log, processed, hours, "events past retention purged");
     }
     Ok(())
+}
+
+/// The retention window `events.retention_hours` names: at least an hour, so a value
+/// of zero or less cannot delete the records that deduplicate redeliveries as they are
+/// written.
+fn event_retention(hours: i64) -> Duration {
+    Duration::from_secs(u64::try_from(hours).unwrap_or(0).max(1).saturating_mul(3600))
 }
 
 const NODE_PLANE_INTERVAL: Duration = Duration::from_secs(5);
@@ -639,4 +645,18 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown requested; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_retention_is_the_policy_s_hours_and_never_under_one() {
+        assert_eq!(event_retention(72), Duration::from_secs(72 * 3600));
+        assert_eq!(event_retention(1), Duration::from_secs(3600));
+        assert_eq!(event_retention(0), Duration::from_secs(3600));
+        assert_eq!(event_retention(-5), Duration::from_secs(3600));
+        assert!(event_retention(i64::MAX) > event_retention(72), "a huge value saturates, never overflows");
+    }
 }

@@ -355,7 +355,16 @@ async fn the_embedded_log_keeps_what_a_consumer_has_not_read(backend: Backend) {
     assert_eq!(purged, (2, 2), "the two entries both consumers read, and the two old records");
     let rest = drain(&bus, &behind, Duration::ZERO).await;
     assert_eq!(rest.iter().map(|e| e.payload["n"].clone()).collect::<Vec<_>>(), [2, 3, 4].map(serde_json::Value::from));
+    // A recent entry stays, read by every consumer or not.
+    bus.publish(&event(5)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(drain(&bus, &ahead, Duration::ZERO).await.len(), 1);
+    assert_eq!(drain(&bus, &behind, Duration::ZERO).await.len(), 1);
     assert_eq!(gpuaas_events::purge_before(&store, cutoff).await.unwrap_or_else(|e| panic!("{e}")), (3, 0));
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_log")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(logged, 1);
     let processed: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events")
         .fetch_all(store.pool())
         .await

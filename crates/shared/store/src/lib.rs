@@ -299,6 +299,12 @@ impl<'a, T> Padded<'a, T> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
 /// Rows one statement of [`Store::purge_in_batches`] deletes at most.
 pub const PURGE_BATCH: i64 = 5_000;
 
@@ -443,8 +449,7 @@ impl Store {
     ) -> Result<Vec<Row>, StoreError> {
         match self.dialect {
             Dialect::Postgres => {
-                let mut tx =
-                    self.pool.begin_with("BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan").await?;
+                let mut tx = self.begin_planned_with_values(Access::ReadOnly).await?;
                 let rows = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(rows)
@@ -463,10 +468,9 @@ impl Store {
         let mut purged = 0;
         loop {
             let mut tx = match self.dialect {
-                Dialect::Postgres => Tx {
-                    inner: self.pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await?,
-                    _turn: None,
-                },
+                Dialect::Postgres => {
+                    Tx { inner: self.begin_planned_with_values(Access::ReadWrite).await?, _turn: None }
+                }
                 Dialect::Sqlite => self.begin().await?,
             };
             let deleted =
@@ -477,6 +481,21 @@ impl Store {
                 return Ok(purged);
             }
         }
+    }
+
+    /// A PostgreSQL transaction whose statements are planned with their values, where
+    /// the platform otherwise keeps one generic plan per statement (ADR 027); the
+    /// setting travels with its BEGIN, in the same round trip.
+    async fn begin_planned_with_values(
+        &self,
+        access: Access,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.pool
+            .begin_with(match access {
+                Access::ReadOnly => "BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan",
+                Access::ReadWrite => "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan",
+            })
+            .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
