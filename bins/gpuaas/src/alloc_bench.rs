@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gpuaas_allocations::{Actor, AllocationError, Allocations, NewAllocation};
+use gpuaas_allocations::{Actor, AllocationError, AllocationStatus, Allocations, NewAllocation};
 use gpuaas_billing::{EntryType, NewEntry, NewUsageRecord};
 use gpuaas_inventory::nodes::NewNode;
 use gpuaas_inventory::{NewSku, NodePlane, NodePlaneConfig};
@@ -34,8 +34,6 @@ pub struct AllocationBench {
     pub warmup: Duration,
     /// Live allocations a client keeps before releasing its oldest.
     pub per_client: usize,
-    /// How often a client looks at its oldest allocation until it is active.
-    pub poll: Duration,
     pub accrual_records: u32,
     /// Database connections, the production pool's size unless chosen.
     pub pool_size: u32,
@@ -100,7 +98,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         let latencies = latencies.clone();
         let refused = refused.clone();
         let released = released.clone();
-        let pace = Pace { per_client: settings.per_client.max(1), poll: settings.poll, measure_from };
+        let pace = Pace { per_client: settings.per_client.max(1), measure_from };
         workers.spawn(async move {
             run_client(&allocations, &client, deadline, pace, &latencies, &refused, &released).await
         });
@@ -137,7 +135,7 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
     to_active.sort();
     println!(
         "allocations on {} ({} connections): {} clients for {:.0} s after a {} s warm-up over {} nodes × {} GPUs \
-         (service layer, in process; each client holds {}, looks at its oldest every {} ms)",
+         (service layer, in process; each client holds {} and waits for its oldest to be active)",
         store.dialect().name(),
         settings.pool_size,
         settings.clients,
@@ -146,7 +144,6 @@ pub async fn bench(database_url: &str, settings: &AllocationBench, pki_dir: &std
         settings.nodes,
         settings.gpus_per_node,
         settings.per_client,
-        settings.poll.as_millis()
     );
     println!(
         "  creates: {} ({:.0}/s), refused (no capacity): {}, released: {}",
@@ -309,6 +306,12 @@ fn credit(tenant_id: &str) -> NewEntry<'_> {
     }
 }
 
+/// The statuses a client waits through before releasing.
+const PROVISIONING: &[AllocationStatus] = &[AllocationStatus::Requested, AllocationStatus::Provisioning];
+
+/// How long one wait for an allocation to be active lasts.
+const ACTIVE_WAIT: Duration = Duration::from_secs(10);
+
 struct Client {
     tenant: String,
     project: String,
@@ -350,12 +353,11 @@ impl Latencies {
     }
 }
 
-/// How a client holds its allocations: `per_client` live at most, the oldest looked
-/// at every `poll` until it is active, then released.
+/// How a client holds its allocations: `per_client` live at most; then it waits for
+/// the oldest to be active, as `gpuaas alloc create --wait` does, and releases it.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     per_client: usize,
-    poll: Duration,
     /// Creates and releases that start before this are the warm-up's, not counted.
     measure_from: Instant,
 }
@@ -379,11 +381,15 @@ async fn run_client(
         if live.len() >= pace.per_client
             && let Some(oldest) = live.pop_front()
         {
-            // A read first: a release attempt on one not yet active would take the
-            // write lock only to be refused.
-            if allocations.status_of(&oldest).await? != gpuaas_allocations::AllocationStatus::Active {
-                live.push_back(oldest);
-                tokio::time::sleep(pace.poll).await;
+            // A release attempt on one not yet active would take the write lock only
+            // to be refused.
+            let status = allocations.wait_while(&oldest, PROVISIONING, ACTIVE_WAIT).await?;
+            if status != AllocationStatus::Active {
+                // Still provisioning after the wait: looked at again later. A failed
+                // one is gone.
+                if !status.is_terminal() {
+                    live.push_back(oldest);
+                }
                 continue;
             }
             let started = Instant::now();
@@ -394,11 +400,8 @@ async fn run_client(
                         my_releases.push(started.elapsed());
                     }
                 }
-                // Not active yet: try again on a later turn.
-                Err(AllocationError::InvalidTransition { .. }) => {
-                    live.push_back(oldest);
-                    tokio::time::sleep(pace.poll).await;
-                }
+                // Moved on by someone else since: looked at again on a later turn.
+                Err(AllocationError::InvalidTransition { .. }) => live.push_back(oldest),
                 Err(error) => return Err(error.into()),
             }
             continue;

@@ -148,10 +148,6 @@ pub enum BenchCommand {
         /// Live allocations each client keeps before releasing its oldest.
         #[arg(long, default_value_t = 4)]
         per_client: usize,
-        /// How often a client looks at its oldest allocation until it is active
-        /// (`gpuaas alloc create --wait` looks every 500 ms).
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-        poll_ms: u64,
         #[arg(long, default_value_t = 10_000)]
         accrual_records: u32,
         /// Database connections (default: the pool `gpuaas up` opens).
@@ -204,7 +200,6 @@ async fn dispatch(cli: Cli) -> ExitCode {
             seconds,
             warmup_seconds,
             per_client,
-            poll_ms,
             accrual_records,
             pool_size,
         }) => {
@@ -215,7 +210,6 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 seconds,
                 warmup: std::time::Duration::from_secs(warmup_seconds),
                 per_client,
-                poll: std::time::Duration::from_millis(poll_ms),
                 accrual_records,
                 pool_size: pool_size.unwrap_or(gpuaas_store::PoolSettings::default().max_connections),
             };

@@ -559,8 +559,9 @@ pub async fn ssh_keys(command: SshKeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often `--wait` asks, and for how long before giving up.
-const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one `--wait` request may be held by the platform (a long poll), and how
+/// long `--wait` goes on before giving up.
+const WAIT_PER_REQUEST: Duration = Duration::from_secs(30);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Statuses after which a created allocation will never become active.
 const CREATE_WAIT_DONE: &[&str] = &["active", "failed", "releasing", "released", "release_failed"];
@@ -680,12 +681,16 @@ async fn all_ssh_key_ids(client: &mut Client) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Polls the allocation until its status is one of `done`; reports each change on stderr.
+/// Follows the allocation until its status is one of `done`; reports each change on
+/// stderr. Each request is a long poll that the platform answers when the status
+/// moves on from the last one seen.
 async fn wait_for(client: &mut Client, id: &str, current: &str, done: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let path = format!("/api/v1/allocations/{}", segment(id)?);
     let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
     let mut last = current.to_owned();
     loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).min(WAIT_PER_REQUEST);
+        let path =
+            format!("/api/v1/allocations/{}?while_status={last}&wait_seconds={}", segment(id)?, left.as_secs().max(1));
         let allocation = client.json(reqwest::Method::GET, &path, None).await?;
         let status = text(&allocation["status"]);
         if status != last {
@@ -695,13 +700,12 @@ async fn wait_for(client: &mut Client, id: &str, current: &str, done: &[&str]) -
         if done.contains(&status) {
             return Ok(allocation);
         }
-        if tokio::time::Instant::now() + WAIT_POLL_INTERVAL > deadline {
+        if tokio::time::Instant::now() >= deadline {
             bail!(
                 "allocation {id} is still {last} after {} minutes; follow it with `gpuaas alloc show {id}`",
                 WAIT_TIMEOUT.as_secs() / 60
             );
         }
-        tokio::time::sleep(WAIT_POLL_INTERVAL).await;
     }
 }
 

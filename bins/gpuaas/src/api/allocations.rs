@@ -2,6 +2,8 @@
 //! force-release. Scoping (another tenant's allocation answers 404) and the project
 //! permission are checked here; everything else is the allocations crate's.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -104,15 +106,71 @@ pub async fn list_allocations(
     Ok(Json(state.allocations.list(&filter, query.cursor.as_deref(), limit).await?))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationWaitQuery {
+    /// Statuses to wait through, comma-separated (e.g. `requested,provisioning`): the
+    /// answer comes once the status is none of them, or when `wait_seconds` pass.
+    pub while_status: Option<String>,
+    /// How long to wait, 1 to 60 seconds; default 30. Only with `while_status`.
+    pub wait_seconds: Option<String>,
+}
+
+/// The longest wait asked for by default.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// The statuses and the wait a long poll asks for; `None` when it asks for none.
+fn wait_request(query: &AllocationWaitQuery) -> Result<Option<(Vec<AllocationStatus>, Duration)>, AllocationError> {
+    let Some(list) = query.while_status.as_deref() else {
+        if query.wait_seconds.is_some() {
+            return Err(AllocationError::invalid("wait_seconds", "only with while_status"));
+        }
+        return Ok(None);
+    };
+    let statuses = list
+        .split(',')
+        .map(|text| {
+            AllocationStatus::parse(text.trim()).ok_or_else(|| {
+                AllocationError::invalid(
+                    "while_status",
+                    "comma-separated statuses: requested, provisioning, active, releasing, released, failed, \
+                     release_failed",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let most = gpuaas_allocations::watch::MAX_WAIT.as_secs();
+    let wait = match query.wait_seconds.as_deref() {
+        None => DEFAULT_WAIT,
+        Some(text) => match text.parse::<u64>() {
+            Ok(seconds) if (1..=most).contains(&seconds) => Duration::from_secs(seconds),
+            _ => return Err(AllocationError::invalid("wait_seconds", format!("a whole number from 1 to {most}"))),
+        },
+    };
+    Ok(Some((statuses, wait)))
+}
+
 /// One allocation: status, node and GPUs, SSH access once active, the time and cause
-/// of every transition, and its cost so far.
+/// of every transition, and its cost so far. With `while_status` it is a long poll:
+/// the answer waits while the allocation is in one of those statuses (up to
+/// `wait_seconds`), so a client follows it without polling.
 #[utoipa::path(get, path = "/api/v1/allocations/{allocation_id}", tag = "allocations", security(("bearer" = [])),
-    params(("allocation_id" = String, Path)), responses((status = 200, body = Allocation), (status = 404, body = gpuaas_kernel::ErrorResponse)))]
+    params(("allocation_id" = String, Path), AllocationWaitQuery), responses((status = 200, body = Allocation),
+        (status = 400, body = gpuaas_kernel::ErrorResponse, description = "`details.field` names the bad parameter"),
+        (status = 404, body = gpuaas_kernel::ErrorResponse)))]
 pub async fn get_allocation(
     State(state): State<AppState>,
     Caller(ctx): Caller,
     Path(allocation_id): Path<String>,
+    Query(query): Query<AllocationWaitQuery>,
 ) -> HandlerResult<Json<Allocation>> {
+    let wait = wait_request(&query)?;
+    // Read first: another tenant's allocation is not found, whatever the wait.
+    let allocation = state.allocations.get(&allocation_id, Some(&ctx.tenant_id)).await?;
+    let Some((statuses, wait)) = wait.filter(|(statuses, _)| statuses.contains(&allocation.status)) else {
+        return Ok(Json(allocation));
+    };
+    state.allocations.wait_while(&allocation_id, &statuses, wait).await?;
     Ok(Json(state.allocations.get(&allocation_id, Some(&ctx.tenant_id)).await?))
 }
 

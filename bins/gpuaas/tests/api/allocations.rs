@@ -510,6 +510,82 @@ async fn a_node_result_moves_its_allocation_on_without_a_poll(backend: Backend) 
     assert_counts_agree(&app).await;
 }
 
+gpuaas_testkit::both_backends!(a_long_poll_answers_when_the_status_moves_on);
+async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 50_000).await;
+    let id = text(&create(&app, &world, 1).await["id"]);
+    let at = |query: &str| format!("{ALLOCATIONS}/{id}?{query}");
+
+    // A status it is not in is not waited for.
+    let now = json(app.get(&at("while_status=active&wait_seconds=30"), &world.user).await, 200).await;
+    assert_eq!(now["status"], "requested");
+    // A wait that runs out answers with the status there is.
+    let started = std::time::Instant::now();
+    let still = json(app.get(&at("while_status=requested&wait_seconds=1"), &world.user).await, 200).await;
+    assert_eq!(still["status"], "requested");
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited the second asked for");
+    // Another tenant's allocation is not found, waiting or not.
+    let bob = app.token_for("bob").await;
+    envelope(app.get(&at("while_status=requested&wait_seconds=5"), &bob).await, 404, "not_found").await;
+    // Bad parameters name themselves.
+    for (query, field) in [
+        ("while_status=asleep", "while_status"),
+        ("while_status=requested,", "while_status"),
+        ("while_status=requested&wait_seconds=0", "wait_seconds"),
+        ("while_status=requested&wait_seconds=61", "wait_seconds"),
+        ("while_status=requested&wait_seconds=soon", "wait_seconds"),
+        ("wait_seconds=5", "wait_seconds"),
+    ] {
+        let error = envelope(app.get(&at(query), &world.user).await, 400, "validation_error").await;
+        assert_eq!(error["error"]["details"]["field"], field, "{query}: {error}");
+    }
+
+    // Waiting through provisioning: answered once the workflow makes it active.
+    let waiting = {
+        let (client, url, token) =
+            (app.client.clone(), app.url(&at("while_status=requested,provisioning")), world.user.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
+    };
+    step(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "still provisioning: the answer waits");
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.provision_user"]);
+    step(&app).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("no answer once active"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let active = json(response, 200).await;
+    assert_eq!(active["status"], "active", "{active}");
+    assert_eq!(statuses(&active), ["requested", "provisioning", "active"]);
+
+    // A change committed by another process (here another service on the same
+    // database, whose commits this API's waiters are not told of) is found by the
+    // waiters' own reads.
+    json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
+    let waiting = {
+        let (client, url, token) = (app.client.clone(), app.url(&at("while_status=releasing")), world.user.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
+    };
+    let elsewhere = gpuaas_allocations::Allocations::new(
+        app.store.clone(),
+        app.policy.clone(),
+        app.nodes.clone(),
+        Default::default(),
+    );
+    assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
+    let report = elsewhere.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.claimed, report.failed_steps), (1, 0), "{report:?}");
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("no answer once released elsewhere"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json(response, 200).await["status"], "released");
+}
+
 gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);
 async fn racing_creates_never_share_a_gpu(backend: Backend) {
     let app = TestApp::spawn(backend).await;

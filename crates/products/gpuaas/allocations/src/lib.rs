@@ -19,6 +19,7 @@ mod release;
 pub mod service;
 pub mod ssh_keys;
 mod status;
+pub mod watch;
 pub mod workflow;
 
 use std::sync::{Arc, Mutex};
@@ -127,6 +128,8 @@ struct Inner {
     releases: release::ReleaseQueue,
     /// Where this process's workflow passes look for due rows.
     due_scan: workflow::DueScan,
+    /// Allocations callers wait on, woken by the changes this process commits.
+    status_watch: watch::StatusWatch,
 }
 
 impl Allocations {
@@ -145,7 +148,19 @@ impl Allocations {
             }
         }));
         let due_scan = workflow::DueScan::default();
-        Self { inner: Arc::new(Inner { store, policy, nodes, resource_ids, signals, creates, releases, due_scan }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                policy,
+                nodes,
+                resource_ids,
+                signals,
+                creates,
+                releases,
+                due_scan,
+                status_watch: Default::default(),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -192,5 +207,9 @@ impl Allocations {
 
     pub(crate) fn due_scan(&self) -> &workflow::DueScan {
         &self.inner.due_scan
+    }
+
+    pub(crate) fn status_watch(&self) -> &watch::StatusWatch {
+        &self.inner.status_watch
     }
 }

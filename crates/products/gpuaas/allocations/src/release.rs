@@ -155,10 +155,12 @@ impl Allocations {
         if changes.is_empty() {
             tx.rollback().await?;
         } else if let Phase::Begun(timing) = &phase {
-            let wake = self.begin_releases(&mut tx, changes, timing).await?;
+            let journal = timing.batched_journal();
+            let wake = self.begin_releases(&mut tx, changes, timing, &journal).await?;
             gpuaas_audit::record_many(&mut tx, &audit).await?;
             tx.commit().await?;
             self.wake_nodes(wake);
+            self.announce(journal.take_moved());
         } else {
             let journal = Journal::default();
             apply_many(&mut tx, &mut changes, schedule(Some(Timestamp::now()), true), &journal).await?;
@@ -166,6 +168,7 @@ impl Allocations {
             gpuaas_audit::record_many(&mut tx, &audit).await?;
             tx.commit().await?;
             self.wake_runner();
+            self.announce(journal.take_moved());
         }
 
         let released: Vec<Allocation> =

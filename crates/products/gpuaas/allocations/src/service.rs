@@ -508,6 +508,7 @@ fn journal_change(
     let transition = next_transition(record, to, change, now);
     record.view.transitions.get_or_insert_with(Vec::new).push(transition);
     journal.record(event);
+    journal.lock_moved().push((record.view.id.clone(), to));
     if to.is_terminal() && !from.is_terminal() {
         journal.count_live(&record.view, -1);
     }
@@ -544,6 +545,9 @@ pub(crate) struct Journal {
     /// Set when row updates and usage closes wait for the flush too: the billing
     /// window and checkpoint interval the closes are billed with.
     batched: Option<(i64, i64)>,
+    /// Each allocation the changes moved, with its new status, for the waiters to be
+    /// told once the transaction commits (see [`Journal::take_moved`]).
+    moved: std::sync::Mutex<Vec<(String, AllocationStatus)>>,
 }
 
 #[derive(Debug, Default)]
@@ -584,6 +588,16 @@ impl Journal {
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_moved(&self) -> std::sync::MutexGuard<'_, Vec<(String, AllocationStatus)>> {
+        self.moved.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The allocations the changes moved and their new statuses, in the order moved;
+    /// only to be announced once the transaction that wrote them has committed.
+    pub(crate) fn take_moved(&self) -> Vec<(String, AllocationStatus)> {
+        std::mem::take(&mut *self.lock_moved())
     }
 
     /// Keeps `columns` for the row `id` (read as `from`); a second change to the same
@@ -939,7 +953,9 @@ impl Allocations {
             self.nodes().wake_node(&node);
         }
         self.wake_runner();
-        self.get(allocation_id, None).await
+        let allocation = self.get(allocation_id, None).await?;
+        self.announce(vec![(allocation.id.clone(), allocation.status)]);
+        Ok(allocation)
     }
 
     /// [`Self::force_release`] in the caller's transaction; returns the node to wake

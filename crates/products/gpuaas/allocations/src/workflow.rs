@@ -133,6 +133,14 @@ pub(crate) struct Timing {
     checkpoint_every: i64,
 }
 
+impl Timing {
+    /// A journal that writes everything at the end (see [`Journal::batched`]), billing
+    /// the usage it closes with this timing.
+    pub(crate) fn batched_journal(&self) -> Journal {
+        Journal::batched(self.billing_window_seconds, self.checkpoint_every)
+    }
+}
+
 impl Allocations {
     /// Read before a transaction begins: a policy read inside one would wait for a
     /// second pooled connection while holding one.
@@ -296,11 +304,7 @@ impl Allocations {
             tx.rollback().await.map_err(|error| failed(&[], error.into()))?;
             return Ok(ids);
         }
-        let journal = if together.batched {
-            Journal::batched(timing.billing_window_seconds, timing.checkpoint_every)
-        } else {
-            Journal::default()
-        };
+        let journal = if together.batched { timing.batched_journal() } else { Journal::default() };
         let written = async {
             let wake = self.step_claimed(&mut tx, claimed, timing, &journal).await?;
             self.write_journal(&mut tx, &journal).await?;
@@ -311,6 +315,7 @@ impl Allocations {
             Ok(wake) => {
                 tx.commit().await.map_err(|error| failed(&ids, error.into()))?;
                 self.wake_nodes(wake);
+                self.announce(journal.take_moved());
                 Ok(ids)
             }
             Err(error) => {
@@ -750,17 +755,17 @@ impl Allocations {
         tx: &mut Connection,
         changes: Vec<(&mut Record, Change<'_>)>,
         timing: &Timing,
+        journal: &Journal,
     ) -> Result<Vec<String>, AllocationError> {
-        let journal = Journal::batched(timing.billing_window_seconds, timing.checkpoint_every);
         let now = Timestamp::now();
         let deadline = Some(now.saturating_add(timing.release_timeout));
         let mut wake = Vec::with_capacity(changes.len());
         for (record, change) in changes {
-            apply_journaled(tx, record, Some(&change), schedule(None, true), &journal).await?;
-            let step = Step { journal: &journal, timing, now, actor: change.actor };
+            apply_journaled(tx, record, Some(&change), schedule(None, true), journal).await?;
+            let step = Step { journal, timing, now, actor: change.actor };
             wake.extend(self.queue_release_attempt(tx, record, &step, 1, deadline).await?);
         }
-        self.write_journal(tx, &journal).await?;
+        self.write_journal(tx, journal).await?;
         Ok(wake)
     }
 

@@ -1,0 +1,186 @@
+//! Waiting for an allocation to leave a status (ADR 036): the long poll behind
+//! `GET /api/v1/allocations/{id}?while_status=…` and `gpuaas alloc create --wait`.
+//!
+//! A waiter registers its allocation here, then reads the status once; every change
+//! this process commits for a watched allocation (the workflow runner's steps, a
+//! release, a force-release) wakes its waiters with the new status, so a change made
+//! here costs them no further read. A change committed by another process (a workers
+//! role apart from the API) is not announced here: waiters read the status again every
+//! [`FALLBACK_READ`] as well, so they learn of it that late at worst.
+//!
+//! An announcement is only ever a status that was committed, so a waiter never
+//! reports a change that did not happen; one that comes late (two commits announced
+//! out of order) can only make a waiter wait on, until its next read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::{AllocationError, AllocationStatus, Allocations};
+
+/// How often a waiter reads the status itself, for changes made by other processes.
+pub const FALLBACK_READ: Duration = Duration::from_millis(500);
+
+/// The longest one wait may last.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Allocations being waited for, with the last status announced for each.
+#[derive(Default)]
+pub(crate) struct StatusWatch {
+    watched: Mutex<HashMap<String, Watched>>,
+}
+
+struct Watched {
+    changed: Arc<Notify>,
+    /// The status of the latest announcement, if one came since the first waiter
+    /// registered.
+    announced: Option<AllocationStatus>,
+    waiters: usize,
+}
+
+impl StatusWatch {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the waiters of each allocation in `changes` (committed changes, each
+    /// with the status it now has). Allocations nobody waits for cost a lookup.
+    pub(crate) fn announce<'a>(&self, changes: impl IntoIterator<Item = (&'a str, AllocationStatus)>) {
+        let mut watched = self.lock();
+        if watched.is_empty() {
+            return;
+        }
+        for (id, status) in changes {
+            if let Some(entry) = watched.get_mut(id) {
+                entry.announced = Some(status);
+                entry.changed.notify_waiters();
+            }
+        }
+    }
+
+    fn register(&self, id: &str) -> Registration<'_> {
+        let mut watched = self.lock();
+        let entry = watched.entry(id.to_owned()).or_insert_with(|| Watched {
+            changed: Arc::new(Notify::new()),
+            announced: None,
+            waiters: 0,
+        });
+        entry.waiters += 1;
+        Registration { watch: self, id: id.to_owned(), changed: entry.changed.clone() }
+    }
+
+    fn announced(&self, id: &str) -> Option<AllocationStatus> {
+        self.lock().get(id).and_then(|entry| entry.announced)
+    }
+
+    #[cfg(test)]
+    fn watched(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// One waiter's place; dropping it (the wait ended, or its request went away) takes
+/// the allocation off the watch when nobody else waits for it.
+struct Registration<'a> {
+    watch: &'a StatusWatch,
+    id: String,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut watched = self.watch.lock();
+        if let Some(entry) = watched.get_mut(&self.id) {
+            entry.waiters = entry.waiters.saturating_sub(1);
+            if entry.waiters == 0 {
+                watched.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Allocations {
+    /// Tells the waiters of the allocations in `moved` their new statuses; only once
+    /// the changes are committed.
+    pub(crate) fn announce(&self, moved: Vec<(String, AllocationStatus)>) {
+        self.status_watch().announce(moved.iter().map(|(id, status)| (id.as_str(), *status)));
+    }
+
+    /// Waits up to `wait` (at most [`MAX_WAIT`]) while the allocation's status is one
+    /// of `statuses`; returns its status then: the first one outside `statuses`, or
+    /// the current one when the wait ran out. An unknown allocation is
+    /// [`AllocationError::NotFound`] at once.
+    pub async fn wait_while(
+        &self,
+        allocation_id: &str,
+        statuses: &[AllocationStatus],
+        wait: Duration,
+    ) -> Result<AllocationStatus, AllocationError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let registration = self.status_watch().register(allocation_id);
+        loop {
+            // Enabled before the read, so a change committed after it still wakes
+            // this waiter.
+            let changed = registration.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let status = self.status_of(allocation_id).await?;
+            if !statuses.contains(&status) {
+                return Ok(status);
+            }
+            let next_read = (tokio::time::Instant::now() + FALLBACK_READ).min(deadline);
+            loop {
+                tokio::select! {
+                    () = &mut changed => {}
+                    () = tokio::time::sleep_until(next_read) => break,
+                }
+                // Armed again before looking, so an announcement in between wakes it.
+                changed.set(registration.changed.notified());
+                changed.as_mut().enable();
+                match self.status_watch().announced(allocation_id) {
+                    Some(status) if !statuses.contains(&status) => return Ok(status),
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.status_of(allocation_id).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_waiter_leaving_takes_the_allocation_off_the_watch() {
+        let watch = StatusWatch::default();
+        let first = watch.register("a");
+        let second = watch.register("a");
+        watch.announce([("a", AllocationStatus::Active), ("b", AllocationStatus::Released)]);
+        assert_eq!(watch.announced("a"), Some(AllocationStatus::Active));
+        // Nobody waits for b: its announcement keeps nothing.
+        assert_eq!(watch.watched(), 1);
+        drop(first);
+        assert_eq!(watch.watched(), 1);
+        drop(second);
+        assert_eq!(watch.watched(), 0);
+        assert_eq!(watch.announced("a"), None);
+    }
+
+    #[tokio::test]
+    async fn an_announcement_wakes_a_waiter_registered_before_it() {
+        let watch = StatusWatch::default();
+        let registration = watch.register("a");
+        let changed = registration.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        watch.announce([("a", AllocationStatus::Active)]);
+        tokio::time::timeout(Duration::from_secs(1), changed)
+            .await
+            .unwrap_or_else(|_| panic!("not woken by the announcement"));
+    }
+}
