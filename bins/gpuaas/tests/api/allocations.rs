@@ -586,6 +586,34 @@ async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
     assert_eq!(json(response, 200).await["status"], "released");
 }
 
+gpuaas_testkit::both_backends!(concurrent_status_reads_are_each_answered_with_their_own);
+async fn concurrent_status_reads_are_each_answered_with_their_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let world = world(&app, 50_000).await;
+    let first = text(&create(&app, &world, 1).await["id"]);
+    step(&app).await;
+    let second = text(&create(&app, &world, 1).await["id"]);
+    let expected = [(first.as_str(), Some("provisioning")), (second.as_str(), Some("requested")), ("no-such", None)];
+    // Reads queued together share statements; each still gets its own allocation's
+    // status, and an unknown one is not found.
+    let mut reads = tokio::task::JoinSet::new();
+    for round in 0..60 {
+        let (id, want) = expected[round % expected.len()];
+        let (allocations, id) = (app.allocations.clone(), id.to_owned());
+        reads.spawn(async move {
+            let read = allocations.status_of(&id).await;
+            (id, want, read.map(|status| status.as_str().to_owned()).map_err(|e| e.to_string()))
+        });
+    }
+    while let Some(joined) = reads.join_next().await {
+        let (id, want, read) = joined.unwrap_or_else(|e| panic!("{e}"));
+        match want {
+            Some(status) => assert_eq!(read.as_deref(), Ok(status), "{id}"),
+            None => assert!(read.is_err(), "{id}: {read:?}"),
+        }
+    }
+}
+
 gpuaas_testkit::both_backends!(racing_creates_never_share_a_gpu);
 async fn racing_creates_never_share_a_gpu(backend: Backend) {
     let app = TestApp::spawn(backend).await;

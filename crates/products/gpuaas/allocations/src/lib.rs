@@ -130,6 +130,8 @@ struct Inner {
     due_scan: workflow::DueScan,
     /// Allocations callers wait on, woken by the changes this process commits.
     status_watch: watch::StatusWatch,
+    /// Status reads waiting for a statement to share.
+    status_reads: watch::StatusReads,
 }
 
 impl Allocations {
@@ -159,6 +161,7 @@ impl Allocations {
                 releases,
                 due_scan,
                 status_watch: Default::default(),
+                status_reads: watch::status_reads(),
             }),
         }
     }
@@ -211,5 +214,9 @@ impl Allocations {
 
     pub(crate) fn status_watch(&self) -> &watch::StatusWatch {
         &self.inner.status_watch
+    }
+
+    pub(crate) fn status_reads(&self) -> &watch::StatusReads {
+        &self.inner.status_reads
     }
 }

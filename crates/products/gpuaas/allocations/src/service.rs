@@ -852,14 +852,42 @@ impl Allocations {
         Ok(views)
     }
 
-    /// Just the status: one indexed read, for callers that poll.
+    /// Just the status: one indexed read, shared with the status reads of concurrent
+    /// callers (see [`crate::watch`]).
     pub async fn status_of(&self, allocation_id: &str) -> Result<AllocationStatus, AllocationError> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM allocations WHERE id = $1")
-            .bind(allocation_id)
-            .fetch_optional(self.store().pool())
-            .await?;
-        let status = status.ok_or(AllocationError::NotFound("allocation"))?;
-        AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))
+        let read = |ids: Vec<String>| {
+            let this = self.clone();
+            async move {
+                let count = ids.len();
+                // A failed shared read leaves every caller to read alone and see why.
+                this.statuses(&ids)
+                    .await
+                    .map_or_else(|_| vec![None; count], |found| found.into_iter().map(Some).collect())
+            }
+        };
+        let found = match self.status_reads().submit(allocation_id.to_owned(), read).await {
+            Some(Some(found)) => found,
+            _ => self.statuses(&[allocation_id.to_owned()]).await?.pop().flatten(),
+        };
+        found.ok_or(AllocationError::NotFound("allocation"))
+    }
+
+    /// The status of each of `ids` (`None`: no such allocation), in one statement.
+    async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<AllocationStatus>>, AllocationError> {
+        let batch = gpuaas_store::Padded::new(ids, crate::watch::MAX_STATUS_READS);
+        let sql = format!("SELECT id, status FROM allocations WHERE id IN ({})", batch.placeholders(1));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, _) in batch.rows() {
+            query = query.bind(id.as_str());
+        }
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for row in query.fetch_all(self.store().pool()).await? {
+            let (id, status): (String, String) = (row.try_get("id")?, row.try_get("status")?);
+            let status =
+                AllocationStatus::parse(&status).ok_or_else(|| AllocationError::Corrupt(format!("status {status}")))?;
+            found.insert(id, status);
+        }
+        Ok(ids.iter().map(|id| found.get(id).copied()).collect())
     }
 
     /// Allocations newest first, filtered by status and (for users) tenant.

@@ -23,6 +23,18 @@ use crate::{AllocationError, AllocationStatus, Allocations};
 /// How often a waiter reads the status itself, for changes made by other processes.
 pub const FALLBACK_READ: Duration = Duration::from_millis(500);
 
+/// Status reads of concurrent callers share one statement of at most this many ids,
+/// one statement at a time: a waiter's read costs a share of a round trip (and of the
+/// pooled connection's return), not one each.
+pub(crate) const MAX_STATUS_READS: usize = 64;
+
+/// Concurrent status reads, answered together (`None`: the shared read failed).
+pub(crate) type StatusReads = gpuaas_store::GroupCommit<String, Option<Option<AllocationStatus>>>;
+
+pub(crate) fn status_reads() -> StatusReads {
+    gpuaas_store::GroupCommit::new(1, MAX_STATUS_READS)
+}
+
 /// The longest one wait may last.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
