@@ -236,6 +236,8 @@ pub async fn run(platform: Platform, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     stop.cancel();
+    // Long polls answer now instead of holding the HTTP server's drain.
+    allocations.end_waits();
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let drained = tokio::time::timeout(grace, async {
         while let Some(result) = tasks.join_next().await {

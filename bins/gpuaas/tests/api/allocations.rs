@@ -584,6 +584,26 @@ async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json(response, 200).await["status"], "released");
+
+    // A process that stops ends the waits it holds (they answer with the status
+    // there is), and any later one at once, so they do not hold up its drain.
+    let waiting = {
+        let (client, url, token) = (app.client.clone(), app.url(&at("while_status=released")), world.user.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "released: the answer waits");
+    app.allocations.end_waits();
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("a wait went on after the waits were ended"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json(response, 200).await["status"], "released");
+    let later = tokio::time::timeout(Duration::from_secs(10), app.get(&at("while_status=released"), &world.user))
+        .await
+        .unwrap_or_else(|_| panic!("a wait began after the waits were ended"));
+    assert_eq!(json(later, 200).await["status"], "released");
 }
 
 gpuaas_testkit::both_backends!(concurrent_status_reads_are_each_answered_with_their_own);

@@ -10,9 +10,12 @@
 //!
 //! An announcement is only ever a status that was committed, so a waiter never
 //! reports a change that did not happen; one that comes late (two commits announced
-//! out of order) can only make a waiter wait on, until its next read.
+//! out of order) can only make a waiter wait on, until its next read. A process that
+//! stops ends every wait ([`Allocations::end_waits`]), so held long polls answer
+//! instead of holding up its drain.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +45,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub(crate) struct StatusWatch {
     watched: Mutex<HashMap<String, Watched>>,
+    /// Set, and its waiters woken, when the process stops: a held long poll would
+    /// otherwise keep the HTTP server's drain waiting.
+    ending: AtomicBool,
+    ended: Notify,
 }
 
 struct Watched {
@@ -114,6 +121,14 @@ impl Drop for Registration<'_> {
 }
 
 impl Allocations {
+    /// Ends every wait now, each answering with the status it reads, and every later
+    /// one at once: for a process that stops.
+    pub fn end_waits(&self) {
+        let watch = self.status_watch();
+        watch.ending.store(true, Ordering::SeqCst);
+        watch.ended.notify_waiters();
+    }
+
     /// Tells the waiters of the allocations in `moved` their new statuses; only once
     /// the changes are committed.
     pub(crate) fn announce(&self, moved: Vec<(String, AllocationStatus)>) {
@@ -132,6 +147,12 @@ impl Allocations {
     ) -> Result<AllocationStatus, AllocationError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let registration = self.status_watch().register(allocation_id);
+        let ended = self.status_watch().ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if self.status_watch().ending.load(Ordering::SeqCst) {
+            return self.status_of(allocation_id).await;
+        }
         loop {
             // Enabled before the read, so a change committed after it still wakes
             // this waiter.
@@ -147,6 +168,7 @@ impl Allocations {
                 tokio::select! {
                     () = &mut changed => {}
                     () = tokio::time::sleep_until(next_read) => break,
+                    () = &mut ended => return self.status_of(allocation_id).await,
                 }
                 // Armed again before looking, so an announcement in between wakes it.
                 changed.set(registration.changed.notified());
