@@ -510,6 +510,24 @@ async fn a_node_result_moves_its_allocation_on_without_a_poll(backend: Backend) 
     assert_counts_agree(&app).await;
 }
 
+/// A long poll sent in the background.
+fn long_poll(app: &TestApp, path: &str, token: &str) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (client, url, token) = (app.client.clone(), app.url(path), token.to_owned());
+    tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
+}
+
+/// The long poll's response, which must come within 10 s (`missing` says why it should).
+async fn answered(
+    waiting: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    missing: &str,
+) -> reqwest::Response {
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{missing}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 gpuaas_testkit::both_backends!(a_long_poll_answers_when_the_status_moves_on);
 async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -542,21 +560,13 @@ async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
     }
 
     // Waiting through provisioning: answered once the workflow makes it active.
-    let waiting = {
-        let (client, url, token) =
-            (app.client.clone(), app.url(&at("while_status=requested,provisioning")), world.user.clone());
-        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
-    };
+    let waiting = long_poll(&app, &at("while_status=requested,provisioning"), &world.user);
     step(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "still provisioning: the answer waits");
     assert_eq!(answer(&app, &world.node, None).await, ["allocation.provision_user"]);
     step(&app).await;
-    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("no answer once active"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let response = answered(waiting, "no answer once active").await;
     let active = json(response, 200).await;
     assert_eq!(active["status"], "active", "{active}");
     assert_eq!(statuses(&active), ["requested", "provisioning", "active"]);
@@ -565,10 +575,7 @@ async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
     // database, whose commits this API's waiters are not told of) is found by the
     // waiters' own reads.
     json(app.post(&format!("{ALLOCATIONS}/{id}/release"), &world.user, json!({})).await, 200).await;
-    let waiting = {
-        let (client, url, token) = (app.client.clone(), app.url(&at("while_status=releasing")), world.user.clone());
-        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
-    };
+    let waiting = long_poll(&app, &at("while_status=releasing"), &world.user);
     let elsewhere = gpuaas_allocations::Allocations::new(
         app.store.clone(),
         app.policy.clone(),
@@ -578,27 +585,16 @@ async fn a_long_poll_answers_when_the_status_moves_on(backend: Backend) {
     assert_eq!(answer(&app, &world.node, None).await, ["allocation.revoke_user"]);
     let report = elsewhere.run_due(256, 1).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((report.claimed, report.failed_steps), (1, 0), "{report:?}");
-    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("no answer once released elsewhere"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let response = answered(waiting, "no answer once released elsewhere").await;
     assert_eq!(json(response, 200).await["status"], "released");
 
     // A process that stops ends the waits it holds (they answer with the status
     // there is), and any later one at once, so they do not hold up its drain.
-    let waiting = {
-        let (client, url, token) = (app.client.clone(), app.url(&at("while_status=released")), world.user.clone());
-        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
-    };
+    let waiting = long_poll(&app, &at("while_status=released"), &world.user);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "released: the answer waits");
     app.allocations.end_waits();
-    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("a wait went on after the waits were ended"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let response = answered(waiting, "a wait went on after the waits were ended").await;
     assert_eq!(json(response, 200).await["status"], "released");
     let later = tokio::time::timeout(Duration::from_secs(10), app.get(&at("while_status=released"), &world.user))
         .await
