@@ -1,12 +1,13 @@
 //! Waiting for an allocation to leave a status (ADR 036): the long poll behind
 //! `GET /api/v1/allocations/{id}?while_status=…` and `gpuaas alloc create --wait`.
 //!
-//! A waiter registers its allocation here, then reads the status once; every change
-//! this process commits for a watched allocation (the workflow runner's steps, a
-//! release, a force-release) wakes its waiters with the new status, so a change made
-//! here costs them no further read. A change committed by another process (a workers
-//! role apart from the API) is not announced here: waiters read the status again every
-//! [`FALLBACK_READ`] as well, so they learn of it that late at worst.
+//! A waiter registers its allocation here, then reads the status once; the changes
+//! this process commits for a watched allocation through the workflow runner's steps,
+//! an owner's release or an operator's force-release wake its waiters with the new
+//! status, so such a change costs them no further read. Other changes (a depleted
+//! tenant's releases, the reconciler's, and any committed by another process, such as
+//! a workers role apart from the API) are not announced: waiters read the status again
+//! every [`FALLBACK_READ`] as well, so they learn of them that late at worst.
 //!
 //! An announcement is only ever a status that was committed, so a waiter never
 //! reports a change that did not happen; one that comes late (two commits announced
