@@ -385,9 +385,10 @@ async fn run_client(
             // to be refused.
             let status = allocations.wait_while(&oldest, PROVISIONING, ACTIVE_WAIT).await?;
             if status != AllocationStatus::Active {
-                // Still provisioning after the wait: looked at again later. A failed
-                // one is gone.
-                if !status.is_terminal() {
+                // Still provisioning after the wait: looked at again later. One that
+                // failed, or that something else is releasing, is no longer this
+                // client's to release.
+                if PROVISIONING.contains(&status) {
                     live.push_back(oldest);
                 }
                 continue;
