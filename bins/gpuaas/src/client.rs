@@ -562,6 +562,8 @@ pub async fn ssh_keys(command: SshKeyCommand) -> anyhow::Result<()> {
 /// How long one `--wait` request may be held by the platform (a long poll), and how
 /// long `--wait` goes on before giving up.
 const WAIT_PER_REQUEST: Duration = Duration::from_secs(30);
+/// The pause before asking again when a long poll came back early with no change.
+const WAIT_RETRY_PAUSE: Duration = Duration::from_millis(500);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Statuses after which a created allocation will never become active.
 const CREATE_WAIT_DONE: &[&str] = &["active", "failed", "releasing", "released", "release_failed"];
@@ -688,17 +690,31 @@ async fn wait_for(client: &mut Client, id: &str, current: &str, done: &[&str]) -
     let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
     let mut last = current.to_owned();
     loop {
+        if last.is_empty() || !last.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            bail!("allocation {id} has an unexpected status {last:?}; see `gpuaas alloc show {id}`");
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now()).min(WAIT_PER_REQUEST);
-        let path =
-            format!("/api/v1/allocations/{}?while_status={last}&wait_seconds={}", segment(id)?, left.as_secs().max(1));
+        let wait = Duration::from_secs(left.as_secs().max(1));
+        let mut path = format!("/api/v1/allocations/{}", segment(id)?);
+        // Already done (only ever the status it started from): read, do not wait.
+        if !done.contains(&last.as_str()) {
+            path.push_str(&format!("?while_status={last}&wait_seconds={}", wait.as_secs()));
+        }
+        let asked = tokio::time::Instant::now();
         let allocation = client.json(reqwest::Method::GET, &path, None).await?;
         let status = text(&allocation["status"]);
-        if status != last {
+        let moved = status != last;
+        if moved {
             eprintln!("allocation {id}: {status}");
             status.clone_into(&mut last);
         }
         if done.contains(&status) {
             return Ok(allocation);
+        }
+        if !moved && asked.elapsed() < wait {
+            // Answered early with nothing new (a platform that is stopping): ask again
+            // after a pause, not at once.
+            tokio::time::sleep(WAIT_RETRY_PAUSE).await;
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(

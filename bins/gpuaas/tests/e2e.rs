@@ -6,7 +6,7 @@ use gpuaas_testkit::{Backend, NatsServer, RedisServer, TestDatabase, free_port};
 
 mod process;
 
-use process::{Running, gpuaas, start, terminate};
+use process::{Running, cli, gpuaas, start, terminate};
 
 /// Opens the embedded database of a stopped `up`, as an operator's tool would.
 async fn open_embedded_store(data_dir: &std::path::Path) -> gpuaas_store::Store {
@@ -161,21 +161,6 @@ async fn invalid_configuration_lists_every_problem_and_exits_2() {
     }
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-/// Runs a client verb of the real binary with its own config dir; returns stdout.
-async fn cli(config_dir: &std::path::Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut command = gpuaas();
-    command.args(args).env("GPUAAS_CONFIG_DIR", config_dir).env("GPUAAS_URL", url);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().await.unwrap_or_else(|e| panic!("{e}"));
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 mod process;
 
-use process::{Running, agent_binary, gpuaas, start};
+use process::{Running, agent_binary, cli, gpuaas, start};
 
 const ADMIN_EMAIL: &str = "ops@e2e.local";
 const PASSWORD: &str = "correct horse battery staple";
@@ -285,6 +285,25 @@ async fn a_user_pays_runs_is_billed_and_is_released_when_the_money_runs_out(back
         .ok(&alice.token, Method::POST, &format!("/api/v1/allocations/{first}/release"), Some(json!({})), 200)
         .await;
     let released = until_status(&platform, &alice, &first, "released", Duration::from_secs(20)).await;
+
+    // The same through the CLI, as a newcomer runs it: `--wait` follows the allocation
+    // with long polls until it is active, then until it is released.
+    let carol = user(&platform, &admin, "carol@e2e.local", 100_000).await;
+    let config_dir = platform.data.path().join("carol-cli");
+    let login = ["login", "--email", "carol@e2e.local"];
+    let (ok, _, stderr) = cli(&config_dir, &platform.url, &login, &[("GPUAAS_PASSWORD", PASSWORD)]).await;
+    assert!(ok, "{stderr}");
+    let create = ["alloc", "create", "--sku", "h100-x8", "--gpus", "1", "--wait"];
+    let (ok, stdout, stderr) = cli(&config_dir, &platform.url, &create, &[]).await;
+    assert!(ok && stderr.contains(": active") && stdout.contains("@sim-node.e2e"), "{stdout}{stderr}");
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("allocation ")?.split_once(':').map(|(id, _)| id.to_owned()))
+        .unwrap_or_else(|| panic!("no allocation id in {stdout}"));
+    assert_eq!(allocation(&platform, &carol, &id).await["status"], "active");
+    let (ok, stdout, stderr) = cli(&config_dir, &platform.url, &["alloc", "release", &id, "--wait"], &[]).await;
+    assert!(ok && stderr.contains(": released"), "{stdout}{stderr}");
+    assert_eq!(allocation(&platform, &carol, &id).await["status"], "released");
 
     // Killed mid-provisioning: the node is down, so the provisioning task waits; the
     // control plane is SIGKILLed, restarted, the node returns, and the work finishes.

@@ -116,7 +116,7 @@ pub struct AllocationWaitQuery {
     pub wait_seconds: Option<String>,
 }
 
-/// The longest wait asked for by default.
+/// How long a long poll waits when `wait_seconds` is not given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// The statuses and the wait a long poll asks for; `None` when it asks for none.

@@ -139,3 +139,24 @@ pub async fn terminate(mut child: Child) -> (ExitStatus, Duration) {
         .unwrap_or_else(|e| panic!("{e}"));
     (exit, started.elapsed())
 }
+
+/// Runs a client verb of the real binary with its own config dir; returns whether it
+/// succeeded, its stdout and its stderr.
+pub async fn cli(
+    config_dir: &std::path::Path,
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut command = gpuaas();
+    command.args(args).env("GPUAAS_CONFIG_DIR", config_dir).env("GPUAAS_URL", url);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().await.unwrap_or_else(|e| panic!("{e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
