@@ -113,6 +113,8 @@ pub struct AllocationWaitQuery {
     /// answer comes once the status is none of them, or when `wait_seconds` pass.
     pub while_status: Option<String>,
     /// How long to wait, 1 to 60 seconds; default 30. Only with `while_status`.
+    // Read as text, so that a bad value gets this API's error naming it.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 60)]
     pub wait_seconds: Option<String>,
 }
 
