@@ -690,15 +690,13 @@ async fn wait_for(client: &mut Client, id: &str, current: &str, done: &[&str]) -
     let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
     let mut last = current.to_owned();
     loop {
-        if last.is_empty() || !last.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            bail!("allocation {id} has an unexpected status {last:?}; see `gpuaas alloc show {id}`");
-        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now()).min(WAIT_PER_REQUEST);
         let wait = Duration::from_secs(left.as_secs().max(1));
         let mut path = format!("/api/v1/allocations/{}", segment(id)?);
         // Already done (only ever the status it started from): read, do not wait.
         if !done.contains(&last.as_str()) {
-            path.push_str(&format!("?while_status={last}&wait_seconds={}", wait.as_secs()));
+            // A status is a word like an id, so it goes into the query unescaped.
+            path.push_str(&format!("?while_status={}&wait_seconds={}", segment(&last)?, wait.as_secs()));
         }
         let asked = tokio::time::Instant::now();
         let allocation = client.json(reqwest::Method::GET, &path, None).await?;
